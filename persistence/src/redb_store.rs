@@ -1,0 +1,572 @@
+//! The embedded store: one redb file, one writer thread, group commit.
+//!
+//! Every write goes through a bounded crossbeam channel to a dedicated writer thread. The
+//! writer takes whatever has queued up (up to `batch_max`), applies each commit inside one
+//! redb write transaction, and makes the batch durable with a single fsync
+//! (`Durability::Immediate`). Only then does each caller's future resolve, so nothing is
+//! acknowledged before it is on disk. A commit that fails validation (stale version, reused
+//! idempotency key, entry posted twice) is refused on its own before anything of it is
+//! written; a storage error fails the whole batch. Reads use their own MVCC read
+//! transactions and never wait for the writer.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
+};
+use tokio::sync::oneshot;
+
+use rialto_engine::{Account, Audit, Payment, Recorded, Status};
+
+use crate::rows::{self, EntryRow, EventRow, IdempotencyRow, MerchantRow, PaymentRow};
+use crate::{
+    Balance, Commit, IdempotencyRecord, LedgerReport, Merchant, Page, Store, StoreError,
+};
+
+const PAYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("payments");
+/// (merchant id, payment id): listing a merchant's payments in id (= time) order.
+const MERCHANT_PAYMENTS: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("merchant_payments");
+/// (payment id, seq): the payment's event log.
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+/// Global event order for consumers (notifications, read models): seq → (payment id, seq).
+const OUTBOX: TableDefinition<u64, (&str, u64)> = TableDefinition::new("outbox");
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("journal_entries");
+/// (account, currency) → balance in minor units.
+const BALANCES: TableDefinition<(&str, &str), i64> = TableDefinition::new("balances");
+/// (merchant id, key) → idempotency record.
+const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
+const MERCHANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("merchants");
+/// SHA-256 of an API key (hex) → merchant id.
+const API_KEYS: TableDefinition<&str, &str> = TableDefinition::new("api_keys");
+/// Payments with a PSP operation in flight.
+const IN_FLIGHT: TableDefinition<&str, ()> = TableDefinition::new("in_flight");
+/// (authorization expiry, payment id) for authorized payments awaiting capture.
+const AUTHORIZED: TableDefinition<(i64, &str), ()> = TableDefinition::new("authorized");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const OUTBOX_SEQ: &str = "outbox_seq";
+const HEALTH_PROBES: &str = "health_probes";
+
+/// Tuning of the writer. The defaults suit a payment engine; the benchmark sets
+/// `batch_max: 1` to measure one fsync per commit.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// Most commits made durable by one fsync.
+    pub batch_max: usize,
+    /// Most commits waiting for the writer; past it, commits are refused, not queued.
+    pub queue_max: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            batch_max: 2_048,
+            queue_max: 65_536,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+enum Write {
+    Commit(Box<Commit>, Reply),
+    Merchant(Merchant, Reply),
+    Probe(Reply),
+}
+
+pub struct RedbStore {
+    db: Arc<Database>,
+    tx: Option<Sender<Write>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `dir`, creating the directory if needed.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<RedbStore, StoreError> {
+        assert!(options.batch_max >= 1 && options.queue_max >= options.batch_max);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let db = Database::create(dir.join("rialto.redb")).map_err(io)?;
+        let txn = db.begin_write().map_err(io)?;
+        {
+            // Creating every table up front lets readers open them without special cases.
+            txn.open_table(PAYMENTS).map_err(io)?;
+            txn.open_table(MERCHANT_PAYMENTS).map_err(io)?;
+            txn.open_table(EVENTS).map_err(io)?;
+            txn.open_table(OUTBOX).map_err(io)?;
+            txn.open_table(ENTRIES).map_err(io)?;
+            txn.open_table(BALANCES).map_err(io)?;
+            txn.open_table(IDEMPOTENCY).map_err(io)?;
+            txn.open_table(MERCHANTS).map_err(io)?;
+            txn.open_table(API_KEYS).map_err(io)?;
+            txn.open_table(IN_FLIGHT).map_err(io)?;
+            txn.open_table(AUTHORIZED).map_err(io)?;
+            txn.open_table(META).map_err(io)?;
+        }
+        txn.commit().map_err(io)?;
+        let db = Arc::new(db);
+        let (tx, rx) = crossbeam_channel::bounded(options.queue_max);
+        let writer_db = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("rialto-store-writer".into())
+            .spawn(move || run_writer(&writer_db, &rx, options.batch_max))
+            .map_err(io)?;
+        Ok(RedbStore {
+            db,
+            tx: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
+    async fn send(&self, make: impl FnOnce(Reply) -> Write) -> Result<(), StoreError> {
+        let (reply, done) = oneshot::channel();
+        let tx = self.tx.as_ref().ok_or(StoreError::Closed)?;
+        match tx.try_send(make(reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!("rialto_store_rejected_total").increment(1);
+                return Err(StoreError::Io("write queue is full".into()));
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+        }
+        done.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.db.begin_read().map_err(io)
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish the queued batch and exit.
+        self.tx.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join(); // A panicked writer has already failed its callers.
+        }
+    }
+}
+
+fn run_writer(db: &Database, rx: &Receiver<Write>, batch_max: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::with_capacity(64);
+        batch.push(first);
+        while batch.len() < batch_max {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let size = batch.len();
+        match write_batch(db, &batch) {
+            Ok(results) => {
+                for (w, result) in batch.into_iter().zip(results) {
+                    reply(w, result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, size, "store batch failed");
+                for w in batch {
+                    reply(w, Err(e.clone()));
+                }
+            }
+        }
+        metrics::histogram!("rialto_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("rialto_store_batch_size").record(size as f64);
+    }
+}
+
+fn reply(w: Write, result: Result<(), StoreError>) {
+    let tx = match w {
+        Write::Commit(_, tx) | Write::Merchant(_, tx) | Write::Probe(tx) => tx,
+    };
+    let _ = tx.send(result); // The caller may have given up waiting; the write stands.
+}
+
+struct Tables<'t> {
+    payments: Table<'t, &'static str, &'static [u8]>,
+    merchant_payments: Table<'t, (&'static str, &'static str), ()>,
+    events: Table<'t, (&'static str, u64), &'static [u8]>,
+    outbox: Table<'t, u64, (&'static str, u64)>,
+    entries: Table<'t, &'static str, &'static [u8]>,
+    balances: Table<'t, (&'static str, &'static str), i64>,
+    idempotency: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    merchants: Table<'t, &'static str, &'static [u8]>,
+    api_keys: Table<'t, &'static str, &'static str>,
+    in_flight: Table<'t, &'static str, ()>,
+    authorized: Table<'t, (i64, &'static str), ()>,
+    meta: Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>, redb::TableError> {
+        Ok(Tables {
+            payments: txn.open_table(PAYMENTS)?,
+            merchant_payments: txn.open_table(MERCHANT_PAYMENTS)?,
+            events: txn.open_table(EVENTS)?,
+            outbox: txn.open_table(OUTBOX)?,
+            entries: txn.open_table(ENTRIES)?,
+            balances: txn.open_table(BALANCES)?,
+            idempotency: txn.open_table(IDEMPOTENCY)?,
+            merchants: txn.open_table(MERCHANTS)?,
+            api_keys: txn.open_table(API_KEYS)?,
+            in_flight: txn.open_table(IN_FLIGHT)?,
+            authorized: txn.open_table(AUTHORIZED)?,
+            meta: txn.open_table(META)?,
+        })
+    }
+}
+
+/// Applies a batch in one durable transaction. The outer error aborts the whole batch; the
+/// inner results are each commit's own verdict.
+fn write_batch(db: &Database, batch: &[Write]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let txn = db.begin_write().map_err(io)?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut t = Tables::open(&txn).map_err(io)?;
+        for w in batch {
+            let verdict = match w {
+                Write::Commit(c, _) => apply_commit(&mut t, c)?,
+                Write::Merchant(m, _) => apply_merchant(&mut t, m)?,
+                Write::Probe(_) => {
+                    let n = t.meta.get(HEALTH_PROBES).map_err(io)?.map_or(0, |v| v.value());
+                    t.meta.insert(HEALTH_PROBES, n + 1).map_err(io)?;
+                    Ok(())
+                }
+            };
+            results.push(verdict);
+        }
+    }
+    txn.commit().map_err(io)?;
+    Ok(results)
+}
+
+/// Validates one commit against what is stored (and earlier commits of this batch), then
+/// writes it. Returns `Ok(Err(_))` for a refused commit, which has written nothing.
+fn apply_commit(t: &mut Tables<'_>, c: &Commit) -> Result<Result<(), StoreError>, StoreError> {
+    let p = &c.payment;
+    let events = c.events.len() as u64;
+    assert!(events >= 1, "a commit records at least one event");
+    let expected = p.version.checked_sub(events).expect("version counts events");
+    let previous: Option<Payment> = match t.payments.get(p.id.as_str()).map_err(io)? {
+        Some(bytes) => Some(rows::decode::<PaymentRow>(bytes.value())?.try_into()?),
+        None => None,
+    };
+    let found = previous.as_ref().map_or(0, |x| x.version);
+    if found != expected {
+        return Ok(Err(StoreError::VersionConflict {
+            payment_id: p.id.clone(),
+            expected,
+            found,
+        }));
+    }
+    if let Some(w) = &c.idempotency {
+        let existing = t
+            .idempotency
+            .get((w.merchant_id.as_str(), w.key.as_str()))
+            .map_err(io)?
+            .map(|v| rows::decode::<IdempotencyRow>(v.value()))
+            .transpose()?
+            .map(IdempotencyRecord::try_from)
+            .transpose()?;
+        let allowed = match (&existing, &w.record.response) {
+            (None, _) => true,
+            // Completing a request: only the request that started it may.
+            (Some(old), Some(_)) => {
+                old.fingerprint == w.record.fingerprint && old.resource_id == w.record.resource_id
+            }
+            (Some(_), None) => false,
+        };
+        if !allowed {
+            return Ok(Err(StoreError::IdempotencyKeyTaken { key: w.key.clone() }));
+        }
+    }
+    let mut new_balances = Vec::new();
+    if let Some(entry) = &c.entry {
+        // Assert before writing; the entry is asserted again when read back.
+        assert!(entry.check_balanced().is_ok(), "unbalanced entry {}", entry.id);
+        if t.entries.get(entry.id.as_str()).map_err(io)?.is_some() {
+            return Ok(Err(StoreError::EntryAlreadyPosted(entry.id.clone())));
+        }
+        for posting in &entry.postings {
+            let account = posting.account.to_string();
+            let currency = posting.currency.code();
+            let old = t
+                .balances
+                .get((account.as_str(), currency))
+                .map_err(io)?
+                .map_or(0, |v| v.value());
+            let Some(new) = old.checked_add(posting.amount_minor) else {
+                return Ok(Err(StoreError::Ledger(format!("{account} {currency} overflows"))));
+            };
+            new_balances.push((account, currency, new));
+        }
+    }
+
+    // Validated: from here on only storage errors can stop the write, and they abort the batch.
+    let id = p.id.as_str();
+    t.payments
+        .insert(id, rows::encode(&PaymentRow::from(p)).as_slice())
+        .map_err(io)?;
+    if previous.is_none() {
+        t.merchant_payments
+            .insert((p.merchant_id.as_str(), id), ())
+            .map_err(io)?;
+    }
+    let mut outbox_seq = t.meta.get(OUTBOX_SEQ).map_err(io)?.map_or(0, |v| v.value());
+    for (i, event) in c.events.iter().enumerate() {
+        let seq = expected + 1 + i as u64;
+        t.events
+            .insert((id, seq), rows::encode(&EventRow::new(event, c.at_ms)).as_slice())
+            .map_err(io)?;
+        outbox_seq += 1;
+        t.outbox.insert(outbox_seq, (id, seq)).map_err(io)?;
+    }
+    t.meta.insert(OUTBOX_SEQ, outbox_seq).map_err(io)?;
+    if let Some(entry) = &c.entry {
+        t.entries
+            .insert(
+                entry.id.as_str(),
+                rows::encode(&EntryRow::new(entry, c.at_ms)).as_slice(),
+            )
+            .map_err(io)?;
+        for (account, currency, balance) in &new_balances {
+            t.balances
+                .insert((account.as_str(), *currency), *balance)
+                .map_err(io)?;
+        }
+    }
+    if let Some(w) = &c.idempotency {
+        t.idempotency
+            .insert(
+                (w.merchant_id.as_str(), w.key.as_str()),
+                rows::encode(&IdempotencyRow::from(&w.record)).as_slice(),
+            )
+            .map_err(io)?;
+    }
+    if p.pending.is_some() {
+        t.in_flight.insert(id, ()).map_err(io)?;
+    } else {
+        t.in_flight.remove(id).map_err(io)?;
+    }
+    if let Some(expires) = previous.as_ref().and_then(awaiting_capture) {
+        t.authorized.remove((expires, id)).map_err(io)?;
+    }
+    if let Some(expires) = awaiting_capture(p) {
+        t.authorized.insert((expires, id), ()).map_err(io)?;
+    }
+    Ok(Ok(()))
+}
+
+/// The expiry of an authorization that waits for a manual capture.
+fn awaiting_capture(p: &Payment) -> Option<i64> {
+    (p.status == Status::Authorized && p.pending.is_none())
+        .then_some(p.authorization_expires_at_ms)
+        .flatten()
+}
+
+fn apply_merchant(t: &mut Tables<'_>, m: &Merchant) -> Result<Result<(), StoreError>, StoreError> {
+    if t.api_keys.get(m.api_key_sha256.as_str()).map_err(io)?.is_some() {
+        return Ok(Err(StoreError::DuplicateApiKey));
+    }
+    t.merchants
+        .insert(m.id.as_str(), rows::encode(&MerchantRow::from(m)).as_slice())
+        .map_err(io)?;
+    t.api_keys
+        .insert(m.api_key_sha256.as_str(), m.id.as_str())
+        .map_err(io)?;
+    Ok(Ok(()))
+}
+
+fn read_payment(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<Payment>, StoreError> {
+    match table.get(id).map_err(io)? {
+        Some(bytes) => Ok(Some(
+            rows::decode::<PaymentRow>(bytes.value())?.try_into()?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Upper bound for ids in range scans: every id Rialto makes is ASCII below `~`.
+const ID_MAX: &str = "~";
+
+#[async_trait]
+impl Store for RedbStore {
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        self.send(|reply| Write::Commit(Box::new(commit), reply)).await
+    }
+
+    async fn create_merchant(&self, merchant: Merchant) -> Result<(), StoreError> {
+        self.send(|reply| Write::Merchant(merchant, reply)).await
+    }
+
+    async fn merchant_by_key_hash(&self, sha256_hex: &str) -> Result<Option<Merchant>, StoreError> {
+        let txn = self.read()?;
+        let keys = txn.open_table(API_KEYS).map_err(io)?;
+        let Some(id) = keys.get(sha256_hex).map_err(io)? else {
+            return Ok(None);
+        };
+        let merchants = txn.open_table(MERCHANTS).map_err(io)?;
+        let row = merchants.get(id.value()).map_err(io)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("api key points at missing merchant {}", id.value()))
+        })?;
+        Ok(Some(rows::decode::<MerchantRow>(row.value())?.into()))
+    }
+
+    async fn merchant_count(&self) -> Result<u64, StoreError> {
+        let txn = self.read()?;
+        txn.open_table(MERCHANTS).map_err(io)?.len().map_err(io)
+    }
+
+    async fn payment(&self, id: &str) -> Result<Option<Payment>, StoreError> {
+        let txn = self.read()?;
+        read_payment(&txn.open_table(PAYMENTS).map_err(io)?, id)
+    }
+
+    async fn payments(
+        &self,
+        merchant_id: &str,
+        limit: u32,
+        starting_after: Option<&str>,
+    ) -> Result<Page, StoreError> {
+        let txn = self.read()?;
+        let index = txn.open_table(MERCHANT_PAYMENTS).map_err(io)?;
+        let payments = txn.open_table(PAYMENTS).map_err(io)?;
+        let low = (merchant_id, "");
+        let ids: Vec<String> = match starting_after {
+            Some(after) => index.range(low..(merchant_id, after)),
+            None => index.range(low..=(merchant_id, ID_MAX)),
+        }
+        .map_err(io)?
+        .rev()
+        .take(limit as usize + 1)
+        .map(|kv| kv.map(|(k, _)| k.value().1.to_string()).map_err(io))
+        .collect::<Result<_, _>>()?;
+        let has_more = ids.len() > limit as usize;
+        let mut page = Vec::with_capacity(ids.len());
+        for id in ids.iter().take(limit as usize) {
+            let p = read_payment(&payments, id)?
+                .ok_or_else(|| StoreError::Corrupt(format!("index points at missing {id}")))?;
+            page.push(p);
+        }
+        Ok(Page {
+            payments: page,
+            has_more,
+        })
+    }
+
+    async fn events(&self, payment_id: &str) -> Result<Vec<Recorded>, StoreError> {
+        let txn = self.read()?;
+        let events = txn.open_table(EVENTS).map_err(io)?;
+        events
+            .range((payment_id, 0)..=(payment_id, u64::MAX))
+            .map_err(io)?
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                Ok(rows::decode::<EventRow>(v.value())?.into_recorded(k.value().1))
+            })
+            .collect()
+    }
+
+    async fn in_flight(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(IN_FLIGHT).map_err(io)?;
+        table
+            .iter()
+            .map_err(io)?
+            .map(|kv| kv.map(|(k, _)| k.value().to_string()).map_err(io))
+            .collect()
+    }
+
+    async fn authorized_before(&self, expires_at_ms: i64) -> Result<Vec<String>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(AUTHORIZED).map_err(io)?;
+        table
+            .range((i64::MIN, "")..(expires_at_ms, ""))
+            .map_err(io)?
+            .map(|kv| kv.map(|(k, _)| k.value().1.to_string()).map_err(io))
+            .collect()
+    }
+
+    async fn idempotency(
+        &self,
+        merchant_id: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(IDEMPOTENCY).map_err(io)?;
+        match table.get((merchant_id, key)).map_err(io)? {
+            Some(v) => Ok(Some(rows::decode::<IdempotencyRow>(v.value())?.try_into()?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn balances(&self, account_prefix: &str) -> Result<Vec<Balance>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(BALANCES).map_err(io)?;
+        let mut out = Vec::new();
+        for kv in table.range((account_prefix, "")..).map_err(io)? {
+            let (k, v) = kv.map_err(io)?;
+            let (account, currency) = k.value();
+            if !account.starts_with(account_prefix) {
+                break;
+            }
+            out.push(Balance {
+                account: account.to_string(),
+                currency: rows::currency(currency)?,
+                balance_minor: v.value(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn ledger_check(&self) -> Result<LedgerReport, StoreError> {
+        // One read transaction: the audit sees a single consistent snapshot.
+        let txn = self.read()?;
+        let mut audit = Audit::default();
+        for kv in txn.open_table(ENTRIES).map_err(io)?.iter().map_err(io)? {
+            let (k, v) = kv.map_err(io)?;
+            let entry = rows::decode::<EntryRow>(v.value())?.into_entry(k.value().to_string())?;
+            audit.entry(&entry);
+        }
+        for kv in txn.open_table(BALANCES).map_err(io)?.iter().map_err(io)? {
+            let (k, v) = kv.map_err(io)?;
+            let (account, currency) = k.value();
+            let parsed = Account::parse(account)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown account {account}")))?;
+            audit.stored_balance(&parsed, rows::currency(currency)?, v.value());
+        }
+        for kv in txn.open_table(PAYMENTS).map_err(io)?.iter().map_err(io)? {
+            let (_, v) = kv.map_err(io)?;
+            let p: Payment = rows::decode::<PaymentRow>(v.value())?.try_into()?;
+            audit.payment(&p);
+        }
+        let (entries, postings, payments) = (audit.entries, audit.postings, audit.payments);
+        let (problems, totals) = audit.problems();
+        Ok(LedgerReport {
+            payments,
+            entries,
+            postings,
+            totals: totals.into_iter().collect(),
+            problems,
+        })
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        self.send(Write::Probe).await
+    }
+}
