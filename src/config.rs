@@ -131,14 +131,23 @@ impl Config {
             bail!("at least one [[psp]] is required");
         }
         for (i, psp) in config.psp.iter().enumerate() {
-            if psp.id.is_empty() || !psp.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            if psp.id.is_empty()
+                || !psp
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
                 bail!("psp #{i}: id must be non-empty letters, digits and `_`");
             }
             if config.psp[..i].iter().any(|other| other.id == psp.id) {
                 bail!("psp `{}` is configured twice", psp.id);
             }
             if psp.kind != "sim" {
-                bail!("psp `{}`: unknown kind `{}` (supported: sim)", psp.id, psp.kind);
+                bail!(
+                    "psp `{}`: unknown kind `{}` (supported: sim)",
+                    psp.id,
+                    psp.kind
+                );
             }
             if psp.decline_ppm + psp.soft_failure_ppm > 1_000_000 {
                 bail!("psp `{}`: rates add up to more than 1,000,000 ppm", psp.id);

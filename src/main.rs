@@ -19,7 +19,11 @@ use rialto_sim::SimPsp;
 use crate::config::Config;
 
 #[derive(Parser)]
-#[command(name = "rialto", version, about = "Actor-based payment transaction engine")]
+#[command(
+    name = "rialto",
+    version,
+    about = "Actor-based payment transaction engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +83,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rialto: cannot start the runtime: {e}");
@@ -121,8 +128,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let store = open_store(&data_dir)?;
             let (merchant, key) =
-                rialto_api::auth::create_merchant(store.as_ref(), &name, SystemClock.now_ms()).await?;
-            eprintln!("created merchant {} ({}); its API key follows, shown once", merchant.id, merchant.name);
+                rialto_api::auth::create_merchant(store.as_ref(), &name, SystemClock.now_ms())
+                    .await?;
+            eprintln!(
+                "created merchant {} ({}); its API key follows, shown once",
+                merchant.id, merchant.name
+            );
             println!("{key}");
             Ok(ExitCode::SUCCESS)
         }
@@ -157,7 +168,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if store.merchant_count().await? == 0 {
         let (merchant, key) =
             rialto_api::auth::create_merchant(store.as_ref(), "demo", SystemClock.now_ms()).await?;
-        eprintln!("created the demo merchant {}; its API key (shown once) is on stdout", merchant.id);
+        eprintln!(
+            "created the demo merchant {}; its API key (shown once) is on stdout",
+            merchant.id
+        );
         println!("demo API key: {key}");
     }
     let adapters: Vec<Arc<dyn PspAdapter>> = config
@@ -193,7 +207,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(wait(stop_rx.clone()));
     let ops_server =
         axum::serve(ops, rialto_api::ops_router(state)).with_graceful_shutdown(wait(stop_rx));
-    let servers = tokio::spawn(async move { tokio::try_join!(api_server.into_future(), ops_server.into_future()) });
+    let servers = tokio::spawn(async move {
+        tokio::try_join!(api_server.into_future(), ops_server.into_future())
+    });
 
     shutdown_signal().await;
     tracing::info!("shutting down");

@@ -203,11 +203,11 @@ impl Deps {
     fn submit(&self, job: Job) {
         match self.transactions() {
             Some(txn) => {
-                if let Err(e) = txn.send_message(TxnMsg::Start(job)) {
-                    // The job comes back inside the error; refuse it rather than drop it.
-                    if let ractor::MessagingErr::SendErr(TxnMsg::Start(job)) = e {
-                        job.refuse(CommandError::ShuttingDown);
-                    }
+                // The job comes back inside the error; refuse it rather than drop it.
+                if let Err(ractor::MessagingErr::SendErr(TxnMsg::Start(job))) =
+                    txn.send_message(TxnMsg::Start(job))
+                {
+                    job.refuse(CommandError::ShuttingDown);
                 }
             }
             None => job.refuse(CommandError::ShuttingDown),
@@ -390,7 +390,11 @@ impl Rialto {
         self.deps.psps.len()
     }
 
-    async fn run(&self, job: Job, done: oneshot::Receiver<Result<Payment, CommandError>>) -> Result<Payment, CommandError> {
+    async fn run(
+        &self,
+        job: Job,
+        done: oneshot::Receiver<Result<Payment, CommandError>>,
+    ) -> Result<Payment, CommandError> {
         let payment_id = job.payment_id.clone();
         self.deps.submit(job);
         match done.await {
@@ -428,7 +432,12 @@ impl Rialto {
         idempotency: Option<IdempotencySpec>,
     ) -> Result<Payment, CommandError> {
         let merchant = create.merchant_id.clone();
-        let (job, done) = Self::job(new_id("pay"), &merchant, Command::Create(create), idempotency);
+        let (job, done) = Self::job(
+            new_id("pay"),
+            &merchant,
+            Command::Create(create),
+            idempotency,
+        );
         self.run(job, done).await
     }
 

@@ -23,9 +23,14 @@ use crate::{CommandError, CreatePayment, Deps, IdempotencySpec};
 /// What a merchant (or recovery) asked for.
 pub enum Command {
     Create(CreatePayment),
-    Capture { amount_minor: Option<i64> },
+    Capture {
+        amount_minor: Option<i64>,
+    },
     Cancel,
-    Refund { refund_id: String, amount_minor: i64 },
+    Refund {
+        refund_id: String,
+        amount_minor: i64,
+    },
     /// Continue a payment found in flight (after a crash or a sweep).
     Resume,
     /// Expire an authorization whose time is up.
@@ -228,7 +233,11 @@ impl Driver {
     }
 
     /// Applies the events (plus automatic capture's follow-up) and commits them as one.
-    async fn transition(&mut self, p: &Payment, events: Vec<Event>) -> Result<Payment, CommandError> {
+    async fn transition(
+        &mut self,
+        p: &Payment,
+        events: Vec<Event>,
+    ) -> Result<Payment, CommandError> {
         let now = self.deps.clock.now_ms();
         let mut next = p.clone();
         let mut entry = None;
@@ -272,7 +281,9 @@ impl Driver {
                 },
             })
         });
-        let completes = idempotency.as_ref().is_some_and(|w| w.record.response.is_some());
+        let completes = idempotency
+            .as_ref()
+            .is_some_and(|w| w.record.response.is_some());
         self.deps
             .store
             .commit(Commit {
@@ -297,7 +308,11 @@ impl Driver {
         if let Some(faults) = &self.deps.faults
             && faults.panic_after_commit(&payment)
         {
-            panic!("injected fault after committing {} at {}", payment.id, payment.status.as_str());
+            panic!(
+                "injected fault after committing {} at {}",
+                payment.id,
+                payment.status.as_str()
+            );
         }
         Ok(payment)
     }
@@ -319,10 +334,7 @@ impl Driver {
         // supervisor that died with our request in its mailbox.
         let outer = self.deps.config.psp_call_timeout + Duration::from_secs(1);
         let answer = psp
-            .call(
-                |reply| PspMsg::Call { call, req, reply },
-                Some(outer),
-            )
+            .call(|reply| PspMsg::Call { call, req, reply }, Some(outer))
             .await;
         match answer {
             Ok(ractor::rpc::CallResult::Success(answer)) => Some(answer),
@@ -406,17 +418,32 @@ fn events_for_outcome(p: &Payment, op: &PspOp, outcome: PspOutcome) -> Vec<Event
         (PspOp::Capture { amount_minor }, PspOutcome::Approved { .. }) => Event::Captured {
             fee_minor: fee_for(*amount_minor, p.fee_bps),
         },
-        (PspOp::Capture { .. }, PspOutcome::HardDecline { message: reason, .. })
+        (
+            PspOp::Capture { .. },
+            PspOutcome::HardDecline {
+                message: reason, ..
+            },
+        )
         | (PspOp::Capture { .. }, PspOutcome::SoftFailure { reason }) => {
             Event::CaptureFailed { reason }
         }
         (PspOp::Void, PspOutcome::Approved { .. }) => Event::Voided,
-        (PspOp::Void, PspOutcome::HardDecline { message: reason, .. })
+        (
+            PspOp::Void,
+            PspOutcome::HardDecline {
+                message: reason, ..
+            },
+        )
         | (PspOp::Void, PspOutcome::SoftFailure { reason }) => Event::VoidFailed { reason },
         (PspOp::Refund { refund_id, .. }, PspOutcome::Approved { .. }) => Event::Refunded {
             refund_id: refund_id.clone(),
         },
-        (PspOp::Refund { refund_id, .. }, PspOutcome::HardDecline { message: reason, .. })
+        (
+            PspOp::Refund { refund_id, .. },
+            PspOutcome::HardDecline {
+                message: reason, ..
+            },
+        )
         | (PspOp::Refund { refund_id, .. }, PspOutcome::SoftFailure { reason }) => {
             Event::RefundFailed {
                 refund_id: refund_id.clone(),

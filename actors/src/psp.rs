@@ -28,13 +28,22 @@ pub struct PspRequest {
 /// A PSP's answer to an operation, classified (R4.2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PspOutcome {
-    Approved { psp_reference: String },
+    Approved {
+        psp_reference: String,
+    },
     /// Final: never retried.
-    HardDecline { code: String, message: String },
+    HardDecline {
+        code: String,
+        message: String,
+    },
     /// Retryable in principle (the resilience layer decides); the operation did not happen.
-    SoftFailure { reason: String },
+    SoftFailure {
+        reason: String,
+    },
     /// No answer in time, or the adapter crashed mid-call: the PSP may or may not have acted.
-    Unknown { reason: String },
+    Unknown {
+        reason: String,
+    },
 }
 
 /// What a PSP knows about an operation, by its idempotency key.
@@ -44,8 +53,13 @@ pub enum OperationStatus {
     NotFound,
     /// Received, no final result yet.
     Pending,
-    Succeeded { psp_reference: String },
-    Declined { code: String, message: String },
+    Succeeded {
+        psp_reference: String,
+    },
+    Declined {
+        code: String,
+        message: String,
+    },
 }
 
 #[async_trait]

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use crate::Deps;
 use crate::psp::PspAdapter;
 use crate::psp_supervisor::{PspArgs, PspSupervisor};
 use crate::txn_supervisor::TxnSupervisor;
-use crate::Deps;
 
 pub struct RootSupervisor;
 
@@ -42,8 +42,11 @@ impl RootState {
                     call_timeout: self.deps.config.psp_call_timeout,
                     inflight_max: self.deps.config.psp_inflight_max,
                 };
-                let (actor, _) = Actor::spawn_linked(None, PspSupervisor, args, myself.clone()).await?;
-                self.deps.psps.insert(adapter.id().to_string(), actor.clone());
+                let (actor, _) =
+                    Actor::spawn_linked(None, PspSupervisor, args, myself.clone()).await?;
+                self.deps
+                    .psps
+                    .insert(adapter.id().to_string(), actor.clone());
                 actor.get_id()
             }
             Child::Transactions => {
@@ -107,11 +110,19 @@ impl Actor for RootSupervisor {
         metrics::counter!("rialto_supervisor_restarts_total", "supervisor" => name.clone())
             .increment(1);
         if state.restarts > state.deps.config.supervisor_restarts_max {
-            tracing::error!(child = name, reason, "too many restarts; stopping the engine");
+            tracing::error!(
+                child = name,
+                reason,
+                "too many restarts; stopping the engine"
+            );
             myself.stop(Some("restart limit reached".into()));
             return Ok(());
         }
-        tracing::warn!(child = name, reason, "supervisor child exited; restarting it");
+        tracing::warn!(
+            child = name,
+            reason,
+            "supervisor child exited; restarting it"
+        );
         if let Child::Psp(adapter) = &child {
             self_remove_psp(&state.deps, adapter.id(), &cell);
         }

@@ -87,20 +87,46 @@ async fn payments_reach_their_outcomes_and_timeouts_resolve_by_status_query() {
     let store = open(dir.path());
     let engine = start(store.clone(), None).await;
 
-    let approved = engine.create_payment(create("pm_sim_approve", "a"), None).await.unwrap();
+    let approved = engine
+        .create_payment(create("pm_sim_approve", "a"), None)
+        .await
+        .unwrap();
     assert_eq!(approved.status, Status::Captured);
     assert_eq!(approved.amount_captured_minor, 12_345);
 
-    let declined = engine.create_payment(create("pm_sim_decline", "d"), None).await.unwrap();
+    let declined = engine
+        .create_payment(create("pm_sim_decline", "d"), None)
+        .await
+        .unwrap();
     assert_eq!(declined.status, Status::Declined);
 
-    let timed_out = engine.create_payment(create("pm_sim_timeout", "t"), None).await.unwrap();
-    assert_eq!(timed_out.status, Status::Unknown, "the merchant hears `unknown` at once");
+    let timed_out = engine
+        .create_payment(create("pm_sim_timeout", "t"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        timed_out.status,
+        Status::Unknown,
+        "the merchant hears `unknown` at once"
+    );
     let resolved = settled(&store, &timed_out.id).await;
-    assert_eq!(resolved.status, Status::Captured, "the status query found the approval");
-    let events: Vec<_> = store.events(&timed_out.id).await.unwrap().into_iter().map(|r| r.event.name()).collect();
+    assert_eq!(
+        resolved.status,
+        Status::Captured,
+        "the status query found the approval"
+    );
+    let events: Vec<_> = store
+        .events(&timed_out.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event.name())
+        .collect();
     assert!(events.contains(&"payment.outcome_unknown"));
-    assert_eq!(events.iter().filter(|e| **e == "payment.captured").count(), 1);
+    assert_eq!(
+        events.iter().filter(|e| **e == "payment.captured").count(),
+        1
+    );
 
     assert!(store.ledger_check().await.unwrap().balanced());
     engine.shutdown().await;
@@ -124,26 +150,49 @@ impl FaultInjector for CrashOnce {
 async fn a_panicking_payment_actor_is_contained_and_its_payment_recovered() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let faults = Arc::new(CrashOnce { reference: "crash-me", fired: AtomicUsize::new(0) });
+    let faults = Arc::new(CrashOnce {
+        reference: "crash-me",
+        fired: AtomicUsize::new(0),
+    });
     let engine = Arc::new(start(store.clone(), Some(faults.clone())).await);
 
     let others: Vec<_> = (0..100)
         .map(|i| {
             let engine = engine.clone();
-            tokio::spawn(async move { engine.create_payment(create("pm_sim_approve", &format!("ok-{i}")), None).await })
+            tokio::spawn(async move {
+                engine
+                    .create_payment(create("pm_sim_approve", &format!("ok-{i}")), None)
+                    .await
+            })
         })
         .collect();
-    let crashed = engine.create_payment(create("pm_sim_approve", "crash-me"), None).await;
+    let crashed = engine
+        .create_payment(create("pm_sim_approve", "crash-me"), None)
+        .await;
     assert_eq!(crashed, Err(CommandError::Interrupted));
     for o in others {
         assert_eq!(o.await.unwrap().unwrap().status, Status::Captured);
     }
-    assert_eq!(faults.fired.load(Ordering::SeqCst), 1, "the fault fired exactly once");
+    assert_eq!(
+        faults.fired.load(Ordering::SeqCst),
+        1,
+        "the fault fired exactly once"
+    );
 
     let p = payment_by_reference(&store, "crash-me").await;
     let p = settled(&store, &p.id).await;
-    assert_eq!(p.status, Status::Captured, "recovered from storage by the supervisor");
-    let captures = store.events(&p.id).await.unwrap().into_iter().filter(|r| r.event.name() == "payment.captured").count();
+    assert_eq!(
+        p.status,
+        Status::Captured,
+        "recovered from storage by the supervisor"
+    );
+    let captures = store
+        .events(&p.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.name() == "payment.captured")
+        .count();
     assert_eq!(captures, 1);
     let report = store.ledger_check().await.unwrap();
     assert!(report.balanced(), "{:?}", report.problems);
@@ -158,13 +207,21 @@ async fn a_crashing_psp_adapter_harms_no_other_payment_or_psp() {
     let crashes: Vec<_> = (0..10)
         .map(|i| {
             let engine = engine.clone();
-            tokio::spawn(async move { engine.create_payment(create("pm_sim_psp_crash", &format!("crash-{i}")), None).await })
+            tokio::spawn(async move {
+                engine
+                    .create_payment(create("pm_sim_psp_crash", &format!("crash-{i}")), None)
+                    .await
+            })
         })
         .collect();
     let healthy: Vec<_> = (0..60)
         .map(|i| {
             let engine = engine.clone();
-            tokio::spawn(async move { engine.create_payment(create("pm_sim_approve", &format!("ok-{i}")), None).await })
+            tokio::spawn(async move {
+                engine
+                    .create_payment(create("pm_sim_approve", &format!("ok-{i}")), None)
+                    .await
+            })
         })
         .collect();
     let mut psps_used = std::collections::HashSet::new();
@@ -173,13 +230,21 @@ async fn a_crashing_psp_adapter_harms_no_other_payment_or_psp() {
         assert_eq!(p.status, Status::Captured);
         psps_used.insert(p.psp);
     }
-    assert_eq!(psps_used.len(), 3, "every PSP, crashing calls or not, kept serving");
+    assert_eq!(
+        psps_used.len(),
+        3,
+        "every PSP, crashing calls or not, kept serving"
+    );
     for c in crashes {
         // A crash mid-call is an unknown outcome, never an approval or a blind resend.
         let p = c.await.unwrap().unwrap();
         assert_eq!(p.status, Status::Unknown);
         let p = settled(&store, &p.id).await;
-        assert_eq!(p.status, Status::Failed, "the PSP has no record, so nothing was charged");
+        assert_eq!(
+            p.status,
+            Status::Failed,
+            "the PSP has no record, so nothing was charged"
+        );
     }
     assert_eq!(engine.psps_up(), 3);
     assert!(store.ledger_check().await.unwrap().balanced());
@@ -200,7 +265,9 @@ async fn a_restarted_engine_resumes_payments_left_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let engine = start_with(store.clone(), Some(Arc::new(AlwaysCrash)), 0).await;
-    let stuck = engine.create_payment(create("pm_sim_approve", "stuck"), None).await;
+    let stuck = engine
+        .create_payment(create("pm_sim_approve", "stuck"), None)
+        .await;
     assert_eq!(stuck, Err(CommandError::Interrupted));
     let p = payment_by_reference(&store, "stuck").await;
     // Restarts are bounded (here: none), so the payment is left in flight, capture pending.

@@ -84,7 +84,8 @@ impl AppState {
 /// Latency buckets (seconds) for every `_seconds` histogram: fine below 50 ms where Rialto
 /// lives, and up to the 30 s gateway timeout.
 pub const LATENCY_BUCKETS_S: [f64; 16] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 1.2, 2.5, 10.0, 30.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 1.2, 2.5, 10.0,
+    30.0,
 ];
 const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 2048.0];
 
@@ -95,7 +96,12 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS_S)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("rialto_store_batch_size".into()), &BATCH_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("rialto_store_batch_size".into()),
+                        &BATCH_BUCKETS,
+                    )
+                })
                 .expect("bucket lists are non-empty")
                 .install_recorder()
                 .expect("the metrics recorder is installed once per process");
@@ -103,9 +109,11 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Histograms need periodic upkeep when the recorder is installed without an exporter.
             std::thread::Builder::new()
                 .name("metrics-upkeep".into())
-                .spawn(move || loop {
-                    std::thread::sleep(Duration::from_secs(5));
-                    upkeep.run_upkeep();
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
                 })
                 .expect("spawn metrics upkeep thread");
             handle
@@ -201,7 +209,10 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
 /// The merchant API.
 pub fn merchant_router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/payments", post(payments::create_payment).get(payments::list_payments))
+        .route(
+            "/v1/payments",
+            post(payments::create_payment).get(payments::list_payments),
+        )
         .route("/v1/payments/{id}", get(payments::get_payment))
         .route("/v1/payments/{id}/capture", post(payments::capture_payment))
         .route("/v1/payments/{id}/cancel", post(payments::cancel_payment))
@@ -234,13 +245,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "psps": { "configured": psps_configured, "up": psps_up, "ids": state.engine.psp_ids() },
         }
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         state.metrics.render(),
     )
         .into_response()

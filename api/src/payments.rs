@@ -35,9 +35,12 @@ const LIST_LIMIT_DEFAULT: u32 = 10;
 
 /// A payment id as Rialto issues them: `pay_` and 32 lowercase hex digits.
 fn payment_id(raw: &str) -> Result<&str, Problem> {
-    let ok = raw
-        .strip_prefix("pay_")
-        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    let ok = raw.strip_prefix("pay_").is_some_and(|hex| {
+        hex.len() == 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    });
     if ok {
         Ok(raw)
     } else {
@@ -54,15 +57,22 @@ fn parse<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     empty_ok: bool,
 ) -> Result<(T, serde_json::Value), Problem> {
-    let body = body.map_err(|r| {
-        Problem::new(r.status(), "invalid_body", "Invalid body", r.body_text())
-    })?;
-    let bytes: &[u8] = if body.is_empty() && empty_ok { b"{}" } else { &body };
+    let body =
+        body.map_err(|r| Problem::new(r.status(), "invalid_body", "Invalid body", r.body_text()))?;
+    let bytes: &[u8] = if body.is_empty() && empty_ok {
+        b"{}"
+    } else {
+        &body
+    };
     if !body.is_empty() {
         let json = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
         if !json {
             return Err(Problem::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -95,7 +105,10 @@ fn send(stored: StoredResponse, replayed: bool) -> Response {
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
     let mut response = (status, stored.body).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
@@ -133,7 +146,11 @@ where
         .ok_or_else(|| Problem::invalid("the `Idempotency-Key` header is required on every POST"))?
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_BYTES_MAX && k.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= IDEMPOTENCY_KEY_BYTES_MAX
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
         .ok_or_else(|| {
             Problem::invalid(format!(
                 "`Idempotency-Key` must be 1..={IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"
@@ -182,7 +199,9 @@ where
             .await
             .map_err(|_| Problem::unavailable("storage is unavailable", 1))?;
         return match payment {
-            Some(p) if !matches!(p.effects().first(), Some(Effect::Call(_))) => Ok(send(render(&p), true)),
+            Some(p) if !matches!(p.effects().first(), Some(Effect::Call(_))) => {
+                Ok(send(render(&p), true))
+            }
             _ => Err(Problem::conflict(
                 "idempotency_key_in_use",
                 "the original request is still being processed; retry shortly",
@@ -233,9 +252,15 @@ pub async fn create_payment(
         metadata: fields.metadata,
     };
     let render = payment_renderer(StatusCode::CREATED);
-    idempotent(&state, &merchant.id, &headers, "POST /v1/payments", &canonical, render, |spec| {
-        state.engine.create_payment(create, Some(spec))
-    })
+    idempotent(
+        &state,
+        &merchant.id,
+        &headers,
+        "POST /v1/payments",
+        &canonical,
+        render,
+        |spec| state.engine.create_payment(create, Some(spec)),
+    )
     .await
 }
 
@@ -262,9 +287,19 @@ pub async fn capture_payment(
     let (req, canonical) = parse::<CaptureRequest>(&headers, body, true)?;
     let line = format!("POST /v1/payments/{id}/capture");
     let render = payment_renderer(StatusCode::OK);
-    idempotent(&state, &merchant.id, &headers, &line, &canonical, render, |spec| {
-        state.engine.capture(&merchant.id, id, req.amount, Some(spec))
-    })
+    idempotent(
+        &state,
+        &merchant.id,
+        &headers,
+        &line,
+        &canonical,
+        render,
+        |spec| {
+            state
+                .engine
+                .capture(&merchant.id, id, req.amount, Some(spec))
+        },
+    )
     .await
 }
 
@@ -289,9 +324,15 @@ pub async fn cancel_payment(
     let (_, canonical) = parse::<CancelRequest>(&headers, body, true)?;
     let line = format!("POST /v1/payments/{id}/cancel");
     let render = payment_renderer(StatusCode::OK);
-    idempotent(&state, &merchant.id, &headers, &line, &canonical, render, |spec| {
-        state.engine.cancel(&merchant.id, id, Some(spec))
-    })
+    idempotent(
+        &state,
+        &merchant.id,
+        &headers,
+        &line,
+        &canonical,
+        render,
+        |spec| state.engine.cancel(&merchant.id, id, Some(spec)),
+    )
     .await
 }
 
@@ -324,9 +365,19 @@ pub async fn refund_payment(
         // Only reachable if the refund was refused, which happens before anything is stored.
         None => json_response(StatusCode::OK, &PaymentView::new(p)),
     });
-    idempotent(&state, &merchant.id, &headers, &line, &canonical, render, |spec| {
-        state.engine.refund(&merchant.id, id, refund_id, req.amount, Some(spec))
-    })
+    idempotent(
+        &state,
+        &merchant.id,
+        &headers,
+        &line,
+        &canonical,
+        render,
+        |spec| {
+            state
+                .engine
+                .refund(&merchant.id, id, refund_id, req.amount, Some(spec))
+        },
+    )
     .await
 }
 
@@ -387,9 +438,15 @@ pub async fn list_payments(
     let Query(params) = params.map_err(|r| Problem::invalid(r.body_text()))?;
     let limit = params.limit.unwrap_or(LIST_LIMIT_DEFAULT);
     if !(1..=LIST_LIMIT_MAX).contains(&limit) {
-        return Err(Problem::invalid(format!("`limit` must be 1..={LIST_LIMIT_MAX}")));
+        return Err(Problem::invalid(format!(
+            "`limit` must be 1..={LIST_LIMIT_MAX}"
+        )));
     }
-    let after = params.starting_after.as_deref().map(payment_id).transpose()?;
+    let after = params
+        .starting_after
+        .as_deref()
+        .map(payment_id)
+        .transpose()?;
     let page = state
         .store
         .payments(&merchant.id, limit, after)

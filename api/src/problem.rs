@@ -31,7 +31,12 @@ pub struct ProblemBody {
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Problem {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Problem {
         Problem {
             status,
             kind,
@@ -42,7 +47,12 @@ impl Problem {
     }
 
     pub fn invalid(detail: impl Into<String>) -> Problem {
-        Problem::new(StatusCode::BAD_REQUEST, "invalid_request", "Invalid request", detail)
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Invalid request",
+            detail,
+        )
     }
 
     pub fn not_found(detail: impl Into<String>) -> Problem {
@@ -50,7 +60,12 @@ impl Problem {
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Problem {
-        Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail)
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            detail,
+        )
     }
 
     pub fn conflict(kind: &'static str, detail: impl Into<String>) -> Problem {
@@ -113,9 +128,9 @@ impl From<CommandError> for Problem {
                 | Rejection::FeeInvalidForCapture { .. }
                 | Rejection::Ledger(_) => internal(detail),
             },
-            CommandError::Overloaded | CommandError::NoPspAvailable | CommandError::ShuttingDown => {
-                Problem::unavailable(detail, 1)
-            }
+            CommandError::Overloaded
+            | CommandError::NoPspAvailable
+            | CommandError::ShuttingDown => Problem::unavailable(detail, 1),
             CommandError::Store(_) => Problem::unavailable("storage is unavailable", 1),
             CommandError::Interrupted => internal(format!(
                 "{detail}; retry with the same Idempotency-Key to get its result"

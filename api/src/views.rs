@@ -80,7 +80,10 @@ fn bounded(field: &str, value: Option<String>, max: usize) -> Result<Option<Stri
 impl CreatePaymentRequest {
     pub fn validate(self) -> Result<NewPaymentFields, Problem> {
         let currency = Currency::from_code(&self.currency).ok_or_else(|| {
-            Problem::invalid(format!("unknown currency `{}`", self.currency.escape_debug()))
+            Problem::invalid(format!(
+                "unknown currency `{}`",
+                self.currency.escape_debug()
+            ))
         })?;
         let amount = Money::chargeable(self.amount, currency)
             .map_err(|e| Problem::invalid(format!("`amount`: {e}")))?;
@@ -88,7 +91,9 @@ impl CreatePaymentRequest {
         let pm_ok = pm.len() <= PAYMENT_METHOD_BYTES_MAX
             && pm.starts_with("pm_")
             && pm.len() > 3
-            && pm.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            && pm
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !pm_ok {
             return Err(Problem::invalid(
                 "`payment_method` must be a token like `pm_sim_approve` (lowercase letters, digits, `_`)",
@@ -101,7 +106,10 @@ impl CreatePaymentRequest {
             )));
         }
         for (k, v) in &metadata {
-            if k.is_empty() || k.len() > METADATA_KEY_BYTES_MAX || v.len() > METADATA_VALUE_BYTES_MAX {
+            if k.is_empty()
+                || k.len() > METADATA_KEY_BYTES_MAX
+                || v.len() > METADATA_VALUE_BYTES_MAX
+            {
                 return Err(Problem::invalid(format!(
                     "`metadata` keys must be 1..={METADATA_KEY_BYTES_MAX} bytes and values at most {METADATA_VALUE_BYTES_MAX}"
                 )));
@@ -242,13 +250,18 @@ impl EventView {
         use serde_json::json;
         let data = match &r.event {
             Event::Authorized { psp_reference } => json!({ "psp_reference": psp_reference }),
-            Event::AuthorizeDeclined { code, message } => json!({ "code": code, "message": message }),
+            Event::AuthorizeDeclined { code, message } => {
+                json!({ "code": code, "message": message })
+            }
             Event::AuthorizeFailed { reason }
             | Event::CaptureFailed { reason }
             | Event::VoidFailed { reason } => json!({ "reason": reason }),
             Event::CaptureRequested { amount_minor } => json!({ "amount": amount_minor }),
             Event::Captured { fee_minor } => json!({ "fee": fee_minor }),
-            Event::RefundRequested { refund_id, amount_minor } => {
+            Event::RefundRequested {
+                refund_id,
+                amount_minor,
+            } => {
                 json!({ "refund_id": refund_id, "amount": amount_minor })
             }
             Event::Refunded { refund_id } => json!({ "refund_id": refund_id }),

@@ -7,8 +7,8 @@ use std::time::Duration;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 
-use rialto_actors::psp::PspAdapter;
 use rialto_actors::RialtoBuilder;
+use rialto_actors::psp::PspAdapter;
 use rialto_api::{ApiConfig, AppState};
 use rialto_persistence::{RedbStore, Store, StoreOptions};
 use rialto_sim::{SimConfig, SimPsp};
@@ -23,7 +23,8 @@ struct Server {
 
 async fn server() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path(), StoreOptions::default()).unwrap());
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(dir.path(), StoreOptions::default()).unwrap());
     let adapters: Vec<Arc<dyn PspAdapter>> = ["sim_a", "sim_b"]
         .into_iter()
         .map(|id| {
@@ -130,30 +131,74 @@ async fn automatic_capture_approve_and_decline() {
     assert!(p["psp"] == "sim_a" || p["psp"] == "sim_b");
     let id = p["id"].as_str().unwrap();
 
-    let fetched: Value = s.get(&key, &format!("/v1/payments/{id}")).await.json().await.unwrap();
+    let fetched: Value = s
+        .get(&key, &format!("/v1/payments/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(fetched, p);
-    let events: Value = s.get(&key, &format!("/v1/payments/{id}/events")).await.json().await.unwrap();
-    let types: Vec<_> = events["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let events: Value = s
+        .get(&key, &format!("/v1/payments/{id}/events"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let types: Vec<_> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
     assert_eq!(
         types,
-        ["payment.created", "payment.authorize_requested", "payment.authorized", "payment.capture_requested", "payment.captured"]
+        [
+            "payment.created",
+            "payment.authorize_requested",
+            "payment.authorized",
+            "payment.capture_requested",
+            "payment.captured"
+        ]
     );
 
     let d = s
-        .pay(&key, "d1", json!({"amount": 500, "currency": "EUR", "payment_method": "pm_sim_decline"}))
+        .pay(
+            &key,
+            "d1",
+            json!({"amount": 500, "currency": "EUR", "payment_method": "pm_sim_decline"}),
+        )
         .await;
     assert_eq!(d["status"], "declined");
     assert_eq!(d["failure"]["code"], "card_declined");
     assert_eq!(d["amount_captured"], 0);
 
-    let balances: Value = s.get(&key, "/v1/ledger/balances").await.json().await.unwrap();
+    let balances: Value = s
+        .get(&key, "/v1/ledger/balances")
+        .await
+        .json()
+        .await
+        .unwrap();
     // 1999 captured, 30 bps fee rounded down = 5.
-    assert_eq!(balances["data"], json!([{"currency": "USD", "payable": 1994}]));
-    let list: Value = s.get(&key, "/v1/payments?limit=1").await.json().await.unwrap();
+    assert_eq!(
+        balances["data"],
+        json!([{"currency": "USD", "payable": 1994}])
+    );
+    let list: Value = s
+        .get(&key, "/v1/payments?limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"][0]["id"], d["id"], "newest first");
     assert_eq!(list["has_more"], true);
     let next: Value = s
-        .get(&key, &format!("/v1/payments?limit=1&starting_after={}", d["id"].as_str().unwrap()))
+        .get(
+            &key,
+            &format!(
+                "/v1/payments?limit=1&starting_after={}",
+                d["id"].as_str().unwrap()
+            ),
+        )
         .await
         .json()
         .await
@@ -173,28 +218,93 @@ async fn manual_capture_partial_capture_refunds_and_cancel() {
     assert!(p["authorization_expires_at"].is_string());
     let id = p["id"].as_str().unwrap();
 
-    let too_much = s.post(&key, &format!("/v1/payments/{id}/capture"), "c0", json!({"amount": 1001})).await;
+    let too_much = s
+        .post(
+            &key,
+            &format!("/v1/payments/{id}/capture"),
+            "c0",
+            json!({"amount": 1001}),
+        )
+        .await;
     problem(too_much, StatusCode::BAD_REQUEST).await;
-    let c = s.post(&key, &format!("/v1/payments/{id}/capture"), "c1", json!({"amount": 600})).await;
+    let c = s
+        .post(
+            &key,
+            &format!("/v1/payments/{id}/capture"),
+            "c1",
+            json!({"amount": 600}),
+        )
+        .await;
     assert_eq!(c.status(), StatusCode::OK);
     let c: Value = c.json().await.unwrap();
-    assert_eq!((c["status"].as_str(), c["amount_captured"].as_i64()), (Some("captured"), Some(600)));
-    let again = s.post(&key, &format!("/v1/payments/{id}/capture"), "c2", json!({})).await;
+    assert_eq!(
+        (c["status"].as_str(), c["amount_captured"].as_i64()),
+        (Some("captured"), Some(600))
+    );
+    let again = s
+        .post(&key, &format!("/v1/payments/{id}/capture"), "c2", json!({}))
+        .await;
     problem(again, StatusCode::CONFLICT).await;
 
-    let r1 = s.post(&key, &format!("/v1/payments/{id}/refunds"), "r1", json!({"amount": 400})).await;
+    let r1 = s
+        .post(
+            &key,
+            &format!("/v1/payments/{id}/refunds"),
+            "r1",
+            json!({"amount": 400}),
+        )
+        .await;
     assert_eq!(r1.status(), StatusCode::CREATED);
     let r1: Value = r1.json().await.unwrap();
-    assert_eq!((r1["object"].as_str(), r1["status"].as_str(), r1["amount"].as_i64()), (Some("refund"), Some("succeeded"), Some(400)));
-    let over = s.post(&key, &format!("/v1/payments/{id}/refunds"), "r2", json!({"amount": 201})).await;
+    assert_eq!(
+        (
+            r1["object"].as_str(),
+            r1["status"].as_str(),
+            r1["amount"].as_i64()
+        ),
+        (Some("refund"), Some("succeeded"), Some(400))
+    );
+    let over = s
+        .post(
+            &key,
+            &format!("/v1/payments/{id}/refunds"),
+            "r2",
+            json!({"amount": 201}),
+        )
+        .await;
     let body = problem(over, StatusCode::BAD_REQUEST).await;
-    assert!(body["detail"].as_str().unwrap().contains("refundable 200"), "{body}");
-    let r3 = s.post(&key, &format!("/v1/payments/{id}/refunds"), "r3", json!({"amount": 200})).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("refundable 200"),
+        "{body}"
+    );
+    let r3 = s
+        .post(
+            &key,
+            &format!("/v1/payments/{id}/refunds"),
+            "r3",
+            json!({"amount": 200}),
+        )
+        .await;
     assert_eq!(r3.status(), StatusCode::CREATED);
-    let p: Value = s.get(&key, &format!("/v1/payments/{id}")).await.json().await.unwrap();
-    assert_eq!((p["status"].as_str(), p["amount_refunded"].as_i64()), (Some("refunded"), Some(600)));
+    let p: Value = s
+        .get(&key, &format!("/v1/payments/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (p["status"].as_str(), p["amount_refunded"].as_i64()),
+        (Some("refunded"), Some(600))
+    );
     assert_eq!(p["refunds"].as_array().unwrap().len(), 2);
-    let refund_again = s.post(&key, &format!("/v1/payments/{id}/refunds"), "r4", json!({"amount": 1})).await;
+    let refund_again = s
+        .post(
+            &key,
+            &format!("/v1/payments/{id}/refunds"),
+            "r4",
+            json!({"amount": 1}),
+        )
+        .await;
     problem(refund_again, StatusCode::CONFLICT).await;
 
     // Cancel voids an authorization; a canceled payment cannot be captured.
@@ -202,15 +312,35 @@ async fn manual_capture_partial_capture_refunds_and_cancel() {
         .pay(&key, "m2", json!({"amount": 700, "currency": "USD", "payment_method": "pm_sim_approve", "capture_method": "manual"}))
         .await;
     let mid = m["id"].as_str().unwrap();
-    let canceled = s.post(&key, &format!("/v1/payments/{mid}/cancel"), "x1", json!({})).await;
+    let canceled = s
+        .post(&key, &format!("/v1/payments/{mid}/cancel"), "x1", json!({}))
+        .await;
     assert_eq!(canceled.status(), StatusCode::OK);
-    assert_eq!(canceled.json::<Value>().await.unwrap()["status"], "canceled");
-    let late = s.post(&key, &format!("/v1/payments/{mid}/capture"), "x2", json!({})).await;
+    assert_eq!(
+        canceled.json::<Value>().await.unwrap()["status"],
+        "canceled"
+    );
+    let late = s
+        .post(
+            &key,
+            &format!("/v1/payments/{mid}/capture"),
+            "x2",
+            json!({}),
+        )
+        .await;
     problem(late, StatusCode::CONFLICT).await;
 
-    let balances: Value = s.get(&key, "/v1/ledger/balances").await.json().await.unwrap();
+    let balances: Value = s
+        .get(&key, "/v1/ledger/balances")
+        .await
+        .json()
+        .await
+        .unwrap();
     // 600 captured, fee 1 (30 bps of 600 = 1.8, rounded down), 600 refunded: payable -1.
-    assert_eq!(balances["data"], json!([{"currency": "IRR", "payable": -1}]));
+    assert_eq!(
+        balances["data"],
+        json!([{"currency": "IRR", "payable": -1}])
+    );
     assert!(s.store.ledger_check().await.unwrap().balanced());
 }
 
@@ -231,9 +361,20 @@ async fn idempotency_replays_refuses_other_bodies_and_concurrent_duplicates() {
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(replay.bytes().await.unwrap(), first_bytes);
     let list: Value = s.get(&key, "/v1/payments").await.json().await.unwrap();
-    assert_eq!(list["data"].as_array().unwrap().len(), 1, "one payment, not two");
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        1,
+        "one payment, not two"
+    );
 
-    let other = s.post(&key, "/v1/payments", "same", json!({"amount": 1235, "currency": "USD", "payment_method": "pm_sim_approve"})).await;
+    let other = s
+        .post(
+            &key,
+            "/v1/payments",
+            "same",
+            json!({"amount": 1235, "currency": "USD", "payment_method": "pm_sim_approve"}),
+        )
+        .await;
     problem(other, StatusCode::UNPROCESSABLE_ENTITY).await;
 
     // Another merchant's identical key is its own.
@@ -272,14 +413,40 @@ async fn a_merchant_never_sees_or_touches_another_merchants_payment() {
         .pay(&a, "p", json!({"amount": 900, "currency": "USD", "payment_method": "pm_sim_approve", "capture_method": "manual"}))
         .await;
     let id = p["id"].as_str().unwrap();
-    problem(s.get(&b, &format!("/v1/payments/{id}")).await, StatusCode::NOT_FOUND).await;
-    problem(s.get(&b, &format!("/v1/payments/{id}/events")).await, StatusCode::NOT_FOUND).await;
-    problem(s.post(&b, &format!("/v1/payments/{id}/capture"), "c", json!({})).await, StatusCode::NOT_FOUND).await;
-    problem(s.post(&b, &format!("/v1/payments/{id}/cancel"), "x", json!({})).await, StatusCode::NOT_FOUND).await;
+    problem(
+        s.get(&b, &format!("/v1/payments/{id}")).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        s.get(&b, &format!("/v1/payments/{id}/events")).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        s.post(&b, &format!("/v1/payments/{id}/capture"), "c", json!({}))
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        s.post(&b, &format!("/v1/payments/{id}/cancel"), "x", json!({}))
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     let list: Value = s.get(&b, "/v1/payments").await.json().await.unwrap();
     assert_eq!(list["data"], json!([]));
-    let still: Value = s.get(&a, &format!("/v1/payments/{id}")).await.json().await.unwrap();
-    assert_eq!(still["status"], "authorized", "B's attempts changed nothing");
+    let still: Value = s
+        .get(&a, &format!("/v1/payments/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        still["status"], "authorized",
+        "B's attempts changed nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,39 +461,115 @@ async fn bad_input_gets_a_clear_4xx_and_stores_nothing() {
     };
     let check = |r: Response, status: StatusCode| problem(r, status);
 
-    check(s.raw(&key, "{not json", "application/json").await, StatusCode::BAD_REQUEST).await;
+    check(
+        s.raw(&key, "{not json", "application/json").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     check(s.raw(&key, r#"{"amount": 100000000000000000000, "currency": "USD", "payment_method": "pm_sim_approve"}"#, "application/json").await, StatusCode::BAD_REQUEST).await;
-    check(s.raw(&key, r#"{"amount":1,"currency":"USD","payment_method":"pm_sim_approve"}"#, "text/plain").await, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    check(
+        s.raw(
+            &key,
+            r#"{"amount":1,"currency":"USD","payment_method":"pm_sim_approve"}"#,
+            "text/plain",
+        )
+        .await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    )
+    .await;
     let cases = [
         ("unknown currency", with("currency", json!("XXX"))),
         ("lowercase currency", with("currency", json!("usd"))),
         ("zero amount", with("amount", json!(0))),
         ("negative amount", with("amount", json!(-5))),
-        ("over the limit", with("amount", json!(1_000_000_000_000_001i64))),
+        (
+            "over the limit",
+            with("amount", json!(1_000_000_000_000_001i64)),
+        ),
         ("fractional amount", with("amount", json!(10.5))),
         ("string amount", with("amount", json!("100"))),
         ("bad capture method", with("capture_method", json!("later"))),
-        ("bad payment method", with("payment_method", json!("4242424242424242"))),
+        (
+            "bad payment method",
+            with("payment_method", json!("4242424242424242")),
+        ),
         ("unknown field", with("amount_major", json!(1))),
         ("missing field", json!({"amount": 100, "currency": "USD"})),
-        ("too much metadata", with("metadata", json!((0..21).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()))),
-        ("long description", with("description", json!("x".repeat(1001)))),
+        (
+            "too much metadata",
+            with(
+                "metadata",
+                json!(
+                    (0..21)
+                        .map(|i| (format!("k{i}"), json!("v")))
+                        .collect::<serde_json::Map<_, _>>()
+                ),
+            ),
+        ),
+        (
+            "long description",
+            with("description", json!("x".repeat(1001))),
+        ),
     ];
     for (i, (name, body)) in cases.into_iter().enumerate() {
-        let r = s.post(&key, "/v1/payments", &format!("bad-{i}"), body).await;
+        let r = s
+            .post(&key, "/v1/payments", &format!("bad-{i}"), body)
+            .await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{name}");
         problem(r, StatusCode::BAD_REQUEST).await;
     }
     let huge = json!({"amount": 1, "currency": "USD", "payment_method": "pm_sim_approve", "description": "x".repeat(70_000)});
-    check(s.post(&key, "/v1/payments", "huge", huge).await, StatusCode::PAYLOAD_TOO_LARGE).await;
-    check(s.get(&key, "/v1/payments/not-an-id").await, StatusCode::BAD_REQUEST).await;
-    check(s.get(&key, "/v1/payments/pay_00000000000000000000000000000000").await, StatusCode::NOT_FOUND).await;
-    check(s.get(&key, "/v1/payments?limit=0").await, StatusCode::BAD_REQUEST).await;
-    check(s.get(&key, "/v1/payments?limit=abc").await, StatusCode::BAD_REQUEST).await;
-    check(s.get("sk_wrong", "/v1/payments").await, StatusCode::UNAUTHORIZED).await;
-    check(s.client.get(format!("{}/v1/payments", s.base)).send().await.unwrap(), StatusCode::UNAUTHORIZED).await;
+    check(
+        s.post(&key, "/v1/payments", "huge", huge).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    check(
+        s.get(&key, "/v1/payments/not-an-id").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    check(
+        s.get(&key, "/v1/payments/pay_00000000000000000000000000000000")
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    check(
+        s.get(&key, "/v1/payments?limit=0").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    check(
+        s.get(&key, "/v1/payments?limit=abc").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    check(
+        s.get("sk_wrong", "/v1/payments").await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    check(
+        s.client
+            .get(format!("{}/v1/payments", s.base))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
     check(s.get(&key, "/v2/nothing").await, StatusCode::NOT_FOUND).await;
-    check(s.client.delete(format!("{}/v1/payments", s.base)).bearer_auth(&key).send().await.unwrap(), StatusCode::METHOD_NOT_ALLOWED).await;
+    check(
+        s.client
+            .delete(format!("{}/v1/payments", s.base))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+    .await;
 
     let list: Value = s.get(&key, "/v1/payments").await.json().await.unwrap();
     assert_eq!(list["data"], json!([]), "no bad request stored anything");
@@ -337,30 +580,87 @@ async fn bad_input_gets_a_clear_4xx_and_stores_nothing() {
 async fn openapi_and_ops_endpoints_describe_and_measure_the_api() {
     let s = server().await;
     let key = s.merchant("shop").await;
-    let p = s.pay(&key, "o1", json!({"amount": 1, "currency": "USD", "payment_method": "pm_sim_approve"})).await;
-    s.get(&key, &format!("/v1/payments/{}", p["id"].as_str().unwrap())).await;
+    let p = s
+        .pay(
+            &key,
+            "o1",
+            json!({"amount": 1, "currency": "USD", "payment_method": "pm_sim_approve"}),
+        )
+        .await;
+    s.get(&key, &format!("/v1/payments/{}", p["id"].as_str().unwrap()))
+        .await;
 
-    let doc: Value = s.client.get(format!("{}/openapi.json", s.base)).send().await.unwrap().json().await.unwrap();
+    let doc: Value = s
+        .client
+        .get(format!("{}/openapi.json", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
-    for path in ["/v1/payments", "/v1/payments/{id}", "/v1/payments/{id}/capture", "/v1/payments/{id}/cancel", "/v1/payments/{id}/refunds", "/v1/payments/{id}/events", "/v1/ledger/balances"] {
-        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    for path in [
+        "/v1/payments",
+        "/v1/payments/{id}",
+        "/v1/payments/{id}/capture",
+        "/v1/payments/{id}/cancel",
+        "/v1/payments/{id}/refunds",
+        "/v1/payments/{id}/events",
+        "/v1/ledger/balances",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
     }
-    for schema in ["PaymentView", "RefundView", "CreatePaymentRequest", "ProblemBody", "PaymentList", "EventList", "BalanceList"] {
-        assert!(doc["components"]["schemas"].get(schema).is_some(), "{schema} missing");
+    for schema in [
+        "PaymentView",
+        "RefundView",
+        "CreatePaymentRequest",
+        "ProblemBody",
+        "PaymentList",
+        "EventList",
+        "BalanceList",
+    ] {
+        assert!(
+            doc["components"]["schemas"].get(schema).is_some(),
+            "{schema} missing"
+        );
     }
 
-    let health = s.client.get(format!("{}/healthz", s.ops)).send().await.unwrap();
+    let health = s
+        .client
+        .get(format!("{}/healthz", s.ops))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    let ready = s.client.get(format!("{}/readyz", s.ops)).send().await.unwrap();
+    let ready = s
+        .client
+        .get(format!("{}/readyz", s.ops))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["checks"]["store"], "ok");
-    let metrics = s.client.get(format!("{}/metrics", s.ops)).send().await.unwrap().text().await.unwrap();
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", s.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("http_server_request_duration_seconds_bucket")
-            && l.contains(r#"route="/v1/payments/{id}""#)
-            && l.contains(r#"method="GET""#)
-            && l.contains(r#"http_response_status_code="200""#)),
+        metrics.lines().any(
+            |l| l.starts_with("http_server_request_duration_seconds_bucket")
+                && l.contains(r#"route="/v1/payments/{id}""#)
+                && l.contains(r#"method="GET""#)
+                && l.contains(r#"http_response_status_code="200""#)
+        ),
         "route template histogram missing:\n{metrics}"
     );
     assert!(metrics.contains("http_client_request_duration_seconds_bucket{"));

@@ -179,7 +179,8 @@ impl Audit {
         self.entries += 1;
         self.postings += entry.postings.len() as u64;
         if self.entries_seen.insert(entry.id.clone(), ()).is_some() {
-            self.problems.push(format!("entry {} posted twice", entry.id));
+            self.problems
+                .push(format!("entry {} posted twice", entry.id));
         }
         if let Err(e) = self.recomputed.post(entry) {
             self.problems.push(e.to_string());
@@ -267,7 +268,10 @@ mod tests {
         let bad = JournalEntry::new(
             "e".into(),
             "pay".into(),
-            vec![p(Account::FeeRevenue, 5), p(Account::PspClearing("a".into()), -4)],
+            vec![
+                p(Account::FeeRevenue, 5),
+                p(Account::PspClearing("a".into()), -4),
+            ],
         );
         assert!(matches!(bad, Err(LedgerError::Unbalanced { sum: 1, .. })));
         // Equal and opposite amounts in *different* currencies do not balance either.
@@ -290,7 +294,11 @@ mod tests {
         check(10_000, 250, 250);
         check(99, 100, 0);
         check(1, 10_000, 1);
-        check(crate::limits::AMOUNT_MINOR_MAX, 10_000, crate::limits::AMOUNT_MINOR_MAX);
+        check(
+            crate::limits::AMOUNT_MINOR_MAX,
+            10_000,
+            crate::limits::AMOUNT_MINOR_MAX,
+        );
     }
 
     #[test]
@@ -322,6 +330,9 @@ mod tests {
         audit.entry(&entry);
         audit.entry(&entry);
         let (problems, _) = audit.problems();
-        assert!(problems.iter().any(|p| p.contains("posted twice")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("posted twice")),
+            "{problems:?}"
+        );
     }
 }

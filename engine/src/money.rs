@@ -116,7 +116,10 @@ impl Money {
     }
 
     pub fn checked_neg(self) -> Result<Money, MoneyError> {
-        let neg = self.amount_minor.checked_neg().ok_or(MoneyError::Overflow)?;
+        let neg = self
+            .amount_minor
+            .checked_neg()
+            .ok_or(MoneyError::Overflow)?;
         Ok(Money::new(neg, self.currency))
     }
 
@@ -167,7 +170,11 @@ mod tests {
     #[test]
     fn chargeable_amounts_are_positive_and_bounded() {
         let check = |amount: i64, ok: bool| {
-            assert_eq!(Money::chargeable(amount, Currency::Usd).is_ok(), ok, "{amount}")
+            assert_eq!(
+                Money::chargeable(amount, Currency::Usd).is_ok(),
+                ok,
+                "{amount}"
+            )
         };
         check(1, true);
         check(AMOUNT_MINOR_MAX, true);

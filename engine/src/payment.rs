@@ -115,9 +115,14 @@ impl CaptureMethod {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PspOp {
     Authorize,
-    Capture { amount_minor: i64 },
+    Capture {
+        amount_minor: i64,
+    },
     Void,
-    Refund { refund_id: String, amount_minor: i64 },
+    Refund {
+        refund_id: String,
+        amount_minor: i64,
+    },
 }
 
 impl PspOp {
@@ -232,20 +237,43 @@ pub struct Payment {
 pub enum Event {
     Created,
     AuthorizeRequested,
-    Authorized { psp_reference: String },
-    AuthorizeDeclined { code: String, message: String },
-    AuthorizeFailed { reason: String },
+    Authorized {
+        psp_reference: String,
+    },
+    AuthorizeDeclined {
+        code: String,
+        message: String,
+    },
+    AuthorizeFailed {
+        reason: String,
+    },
     /// The pending operation's outcome is not known (timeout, crash); query, don't resend.
     OutcomeUnknown,
-    CaptureRequested { amount_minor: i64 },
-    Captured { fee_minor: i64 },
-    CaptureFailed { reason: String },
+    CaptureRequested {
+        amount_minor: i64,
+    },
+    Captured {
+        fee_minor: i64,
+    },
+    CaptureFailed {
+        reason: String,
+    },
     VoidRequested,
     Voided,
-    VoidFailed { reason: String },
-    RefundRequested { refund_id: String, amount_minor: i64 },
-    Refunded { refund_id: String },
-    RefundFailed { refund_id: String, reason: String },
+    VoidFailed {
+        reason: String,
+    },
+    RefundRequested {
+        refund_id: String,
+        amount_minor: i64,
+    },
+    Refunded {
+        refund_id: String,
+    },
+    RefundFailed {
+        refund_id: String,
+        reason: String,
+    },
     Expired,
 }
 
@@ -658,7 +686,12 @@ fn pending_refund(payment: &Payment, refund_id: &str) -> Result<i64, Rejection> 
     }
 }
 
-fn set_refund(payment: &mut Payment, refund_id: &str, status: RefundStatus, failure: Option<String>) {
+fn set_refund(
+    payment: &mut Payment,
+    refund_id: &str,
+    status: RefundStatus,
+    failure: Option<String>,
+) {
     let refund = payment
         .refunds
         .iter_mut()
@@ -673,7 +706,11 @@ fn capture_entry(payment: &Payment, captured: i64, fee: i64) -> Result<JournalEn
     let currency = payment.currency();
     let payable = Money::new(captured, currency).checked_sub(Money::new(fee, currency))?;
     let mut postings = vec![
-        Posting::new(Account::PspClearing(payment.psp.clone()), captured, currency),
+        Posting::new(
+            Account::PspClearing(payment.psp.clone()),
+            captured,
+            currency,
+        ),
         Posting::new(
             Account::MerchantPayable(payment.merchant_id.clone()),
             payable.checked_neg()?.amount_minor,
@@ -691,7 +728,11 @@ fn capture_entry(payment: &Payment, captured: i64, fee: i64) -> Result<JournalEn
 }
 
 /// Refund: the merchant gives the amount back; the PSP returns it to the customer.
-fn refund_entry(payment: &Payment, refund_id: &str, amount: i64) -> Result<JournalEntry, Rejection> {
+fn refund_entry(
+    payment: &Payment,
+    refund_id: &str,
+    amount: i64,
+) -> Result<JournalEntry, Rejection> {
     let currency = payment.currency();
     let postings = vec![
         Posting::new(
@@ -766,7 +807,10 @@ mod tests {
         assert_eq!(t.payment.status, Status::Captured);
         assert_eq!(t.payment.amount_captured_minor, 10_000);
         let entry = t.entry.expect("capture posts");
-        assert_eq!(entry.postings.iter().map(|p| p.amount_minor).sum::<i64>(), 0);
+        assert_eq!(
+            entry.postings.iter().map(|p| p.amount_minor).sum::<i64>(),
+            0
+        );
         assert!(t.effects.is_empty());
     }
 
@@ -775,11 +819,25 @@ mod tests {
         let p = authorized(CaptureMethod::Manual);
         assert_eq!(p.follow_up(), None);
         assert_eq!(p.authorization_expires_at_ms, Some(1_010));
-        let over = apply(&p, &Event::CaptureRequested { amount_minor: 10_001 }, 20);
+        let over = apply(
+            &p,
+            &Event::CaptureRequested {
+                amount_minor: 10_001,
+            },
+            20,
+        );
         assert!(matches!(over, Err(Rejection::CaptureAmountInvalid { .. })));
-        let p = step(&p, &Event::CaptureRequested { amount_minor: 4_000 });
+        let p = step(
+            &p,
+            &Event::CaptureRequested {
+                amount_minor: 4_000,
+            },
+        );
         let p = step(&p, &Event::Captured { fee_minor: 100 });
-        assert_eq!((p.status, p.amount_captured_minor), (Status::Captured, 4_000));
+        assert_eq!(
+            (p.status, p.amount_captured_minor),
+            (Status::Captured, 4_000)
+        );
         let again = apply(&p, &Event::CaptureRequested { amount_minor: 1 }, 30);
         assert!(matches!(again, Err(Rejection::IllegalTransition { .. })));
     }
@@ -799,7 +857,12 @@ mod tests {
             apply(&p, &refund("re_2", 1), 20),
             Err(Rejection::OperationInProgress)
         );
-        let p = step(&p, &Event::Refunded { refund_id: "re_1".into() });
+        let p = step(
+            &p,
+            &Event::Refunded {
+                refund_id: "re_1".into(),
+            },
+        );
         assert_eq!(p.status, Status::PartiallyRefunded);
         assert_eq!(
             apply(&p, &refund("re_2", 4_001), 20),
@@ -809,8 +872,16 @@ mod tests {
             })
         );
         let p = step(&p, &refund("re_2", 4_000));
-        let p = step(&p, &Event::Refunded { refund_id: "re_2".into() });
-        assert_eq!((p.status, p.amount_refunded_minor), (Status::Refunded, 10_000));
+        let p = step(
+            &p,
+            &Event::Refunded {
+                refund_id: "re_2".into(),
+            },
+        );
+        assert_eq!(
+            (p.status, p.amount_refunded_minor),
+            (Status::Refunded, 10_000)
+        );
         assert!(p.status.is_terminal());
     }
 
@@ -857,13 +928,21 @@ mod tests {
             },
         );
         check(&declined, Event::AuthorizeRequested);
-        check(&declined, Event::Authorized { psp_reference: "x".into() });
+        check(
+            &declined,
+            Event::Authorized {
+                psp_reference: "x".into(),
+            },
+        );
     }
 
     #[test]
     fn authorization_expires_only_after_its_ttl() {
         let p = authorized(CaptureMethod::Manual);
-        assert_eq!(apply(&p, &Event::Expired, 1_009), Err(Rejection::NotExpired));
+        assert_eq!(
+            apply(&p, &Event::Expired, 1_009),
+            Err(Rejection::NotExpired)
+        );
         let t = apply(&p, &Event::Expired, 1_010).unwrap();
         assert_eq!(t.payment.status, Status::Expired);
     }

@@ -25,9 +25,7 @@ use tokio::sync::oneshot;
 use rialto_engine::{Account, Audit, Payment, Recorded, Status};
 
 use crate::rows::{self, EntryRow, EventRow, IdempotencyRow, MerchantRow, PaymentRow};
-use crate::{
-    Balance, Commit, IdempotencyRecord, LedgerReport, Merchant, Page, Store, StoreError,
-};
+use crate::{Balance, Commit, IdempotencyRecord, LedgerReport, Merchant, Page, Store, StoreError};
 
 const PAYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("payments");
 /// (merchant id, payment id): listing a merchant's payments in id (= time) order.
@@ -240,7 +238,11 @@ fn write_batch(db: &Database, batch: &[Write]) -> Result<Vec<Result<(), StoreErr
                 Write::Commit(c, _) => apply_commit(&mut t, c)?,
                 Write::Merchant(m, _) => apply_merchant(&mut t, m)?,
                 Write::Probe(_) => {
-                    let n = t.meta.get(HEALTH_PROBES).map_err(io)?.map_or(0, |v| v.value());
+                    let n = t
+                        .meta
+                        .get(HEALTH_PROBES)
+                        .map_err(io)?
+                        .map_or(0, |v| v.value());
                     t.meta.insert(HEALTH_PROBES, n + 1).map_err(io)?;
                     Ok(())
                 }
@@ -258,7 +260,10 @@ fn apply_commit(t: &mut Tables<'_>, c: &Commit) -> Result<Result<(), StoreError>
     let p = &c.payment;
     let events = c.events.len() as u64;
     assert!(events >= 1, "a commit records at least one event");
-    let expected = p.version.checked_sub(events).expect("version counts events");
+    let expected = p
+        .version
+        .checked_sub(events)
+        .expect("version counts events");
     let previous: Option<Payment> = match t.payments.get(p.id.as_str()).map_err(io)? {
         Some(bytes) => Some(rows::decode::<PaymentRow>(bytes.value())?.try_into()?),
         None => None,
@@ -295,7 +300,11 @@ fn apply_commit(t: &mut Tables<'_>, c: &Commit) -> Result<Result<(), StoreError>
     let mut new_balances = Vec::new();
     if let Some(entry) = &c.entry {
         // Assert before writing; the entry is asserted again when read back.
-        assert!(entry.check_balanced().is_ok(), "unbalanced entry {}", entry.id);
+        assert!(
+            entry.check_balanced().is_ok(),
+            "unbalanced entry {}",
+            entry.id
+        );
         if t.entries.get(entry.id.as_str()).map_err(io)?.is_some() {
             return Ok(Err(StoreError::EntryAlreadyPosted(entry.id.clone())));
         }
@@ -308,7 +317,9 @@ fn apply_commit(t: &mut Tables<'_>, c: &Commit) -> Result<Result<(), StoreError>
                 .map_err(io)?
                 .map_or(0, |v| v.value());
             let Some(new) = old.checked_add(posting.amount_minor) else {
-                return Ok(Err(StoreError::Ledger(format!("{account} {currency} overflows"))));
+                return Ok(Err(StoreError::Ledger(format!(
+                    "{account} {currency} overflows"
+                ))));
             };
             new_balances.push((account, currency, new));
         }
@@ -328,7 +339,10 @@ fn apply_commit(t: &mut Tables<'_>, c: &Commit) -> Result<Result<(), StoreError>
     for (i, event) in c.events.iter().enumerate() {
         let seq = expected + 1 + i as u64;
         t.events
-            .insert((id, seq), rows::encode(&EventRow::new(event, c.at_ms)).as_slice())
+            .insert(
+                (id, seq),
+                rows::encode(&EventRow::new(event, c.at_ms)).as_slice(),
+            )
             .map_err(io)?;
         outbox_seq += 1;
         t.outbox.insert(outbox_seq, (id, seq)).map_err(io)?;
@@ -377,11 +391,18 @@ fn awaiting_capture(p: &Payment) -> Option<i64> {
 }
 
 fn apply_merchant(t: &mut Tables<'_>, m: &Merchant) -> Result<Result<(), StoreError>, StoreError> {
-    if t.api_keys.get(m.api_key_sha256.as_str()).map_err(io)?.is_some() {
+    if t.api_keys
+        .get(m.api_key_sha256.as_str())
+        .map_err(io)?
+        .is_some()
+    {
         return Ok(Err(StoreError::DuplicateApiKey));
     }
     t.merchants
-        .insert(m.id.as_str(), rows::encode(&MerchantRow::from(m)).as_slice())
+        .insert(
+            m.id.as_str(),
+            rows::encode(&MerchantRow::from(m)).as_slice(),
+        )
         .map_err(io)?;
     t.api_keys
         .insert(m.api_key_sha256.as_str(), m.id.as_str())
@@ -394,9 +415,7 @@ fn read_payment(
     id: &str,
 ) -> Result<Option<Payment>, StoreError> {
     match table.get(id).map_err(io)? {
-        Some(bytes) => Ok(Some(
-            rows::decode::<PaymentRow>(bytes.value())?.try_into()?,
-        )),
+        Some(bytes) => Ok(Some(rows::decode::<PaymentRow>(bytes.value())?.try_into()?)),
         None => Ok(None),
     }
 }
@@ -407,7 +426,8 @@ const ID_MAX: &str = "~";
 #[async_trait]
 impl Store for RedbStore {
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        self.send(|reply| Write::Commit(Box::new(commit), reply)).await
+        self.send(|reply| Write::Commit(Box::new(commit), reply))
+            .await
     }
 
     async fn create_merchant(&self, merchant: Merchant) -> Result<(), StoreError> {

@@ -67,9 +67,14 @@ struct PendingRow {
 #[serde(tag = "op", rename_all = "snake_case")]
 enum OpRow {
     Authorize,
-    Capture { amount_minor: i64 },
+    Capture {
+        amount_minor: i64,
+    },
     Void,
-    Refund { refund_id: String, amount_minor: i64 },
+    Refund {
+        refund_id: String,
+        amount_minor: i64,
+    },
 }
 
 impl From<&PspOp> for OpRow {
@@ -142,7 +147,10 @@ impl From<&Payment> for PaymentRow {
                 op: OpRow::from(&x.op),
                 outcome_unknown: x.outcome_unknown,
             }),
-            failure: p.failure.as_ref().map(|f| (f.code.clone(), f.message.clone())),
+            failure: p
+                .failure
+                .as_ref()
+                .map(|f| (f.code.clone(), f.message.clone())),
             created_at_ms: p.created_at_ms,
             updated_at_ms: p.updated_at_ms,
             authorization_ttl_ms: p.authorization_ttl_ms,
@@ -216,19 +224,42 @@ impl TryFrom<PaymentRow> for Payment {
 enum EventKind {
     Created,
     AuthorizeRequested,
-    Authorized { psp_reference: String },
-    AuthorizeDeclined { code: String, message: String },
-    AuthorizeFailed { reason: String },
+    Authorized {
+        psp_reference: String,
+    },
+    AuthorizeDeclined {
+        code: String,
+        message: String,
+    },
+    AuthorizeFailed {
+        reason: String,
+    },
     OutcomeUnknown,
-    CaptureRequested { amount_minor: i64 },
-    Captured { fee_minor: i64 },
-    CaptureFailed { reason: String },
+    CaptureRequested {
+        amount_minor: i64,
+    },
+    Captured {
+        fee_minor: i64,
+    },
+    CaptureFailed {
+        reason: String,
+    },
     VoidRequested,
     Voided,
-    VoidFailed { reason: String },
-    RefundRequested { refund_id: String, amount_minor: i64 },
-    Refunded { refund_id: String },
-    RefundFailed { refund_id: String, reason: String },
+    VoidFailed {
+        reason: String,
+    },
+    RefundRequested {
+        refund_id: String,
+        amount_minor: i64,
+    },
+    Refunded {
+        refund_id: String,
+    },
+    RefundFailed {
+        refund_id: String,
+        reason: String,
+    },
     Expired,
 }
 
@@ -345,7 +376,8 @@ impl EntryRow {
             .postings
             .into_iter()
             .map(|(account, amount, code)| {
-                let account = Account::parse(&account).ok_or_else(|| corrupt("account", &account))?;
+                let account =
+                    Account::parse(&account).ok_or_else(|| corrupt("account", &account))?;
                 Ok(Posting::new(account, amount, currency(&code)?))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -422,7 +454,9 @@ impl TryFrom<IdempotencyRow> for IdempotencyRecord {
         Ok(IdempotencyRecord {
             fingerprint,
             resource_id: r.resource_id,
-            response: r.response.map(|(status, body)| StoredResponse { status, body }),
+            response: r
+                .response
+                .map(|(status, body)| StoredResponse { status, body }),
             created_at_ms: r.created_at_ms,
         })
     }

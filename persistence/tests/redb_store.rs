@@ -4,9 +4,7 @@
 use std::sync::Arc;
 
 use rialto_engine::ledger::fee_for;
-use rialto_engine::{
-    CaptureMethod, Currency, Event, Money, NewPayment, Payment, Status, apply,
-};
+use rialto_engine::{CaptureMethod, Currency, Event, Money, NewPayment, Payment, Status, apply};
 use rialto_persistence::{
     Commit, IdempotencyRecord, IdempotencyWrite, Merchant, RedbStore, Store, StoreError,
     StoreOptions, StoredResponse,
@@ -54,7 +52,10 @@ async fn capture(store: &RedbStore, id: &str) -> Payment {
     let p1 = apply(&p, &auth, 2).unwrap().payment;
     let req = p1.follow_up().unwrap();
     let p2 = apply(&p1, &req, 2).unwrap().payment;
-    store.commit(commit(p2.clone(), vec![auth, req])).await.unwrap();
+    store
+        .commit(commit(p2.clone(), vec![auth, req]))
+        .await
+        .unwrap();
     let captured = Event::Captured {
         fee_minor: fee_for(5_000, 100),
     };
@@ -97,7 +98,13 @@ async fn commits_round_trip_with_events_ledger_and_in_flight_index() {
             (5, "payment.captured"),
         ]
     );
-    assert!(!store.in_flight().await.unwrap().contains(&"pay_b".to_string()));
+    assert!(
+        !store
+            .in_flight()
+            .await
+            .unwrap()
+            .contains(&"pay_b".to_string())
+    );
     let balances = store.balances("merchant_payable:mer_a").await.unwrap();
     assert_eq!(balances.len(), 1);
     assert_eq!(balances[0].balance_minor, -(5_000 - 50));
@@ -131,7 +138,10 @@ async fn stale_versions_reused_keys_and_double_posts_are_refused_and_write_nothi
 
     // The same creation again: stale version.
     let again = store.commit(commit(p.clone(), events.clone())).await;
-    assert!(matches!(again, Err(StoreError::VersionConflict { .. })), "{again:?}");
+    assert!(
+        matches!(again, Err(StoreError::VersionConflict { .. })),
+        "{again:?}"
+    );
 
     // Another payment claiming the same idempotency key: refused, and not stored at all.
     let (q, q_events) = new_payment("pay_q", "mer_a");
@@ -159,7 +169,10 @@ async fn stale_versions_reused_keys_and_double_posts_are_refused_and_write_nothi
             ..commit(replay, vec![Event::Captured { fee_minor: 50 }])
         })
         .await;
-    assert!(matches!(dup, Err(StoreError::EntryAlreadyPosted(_))), "{dup:?}");
+    assert!(
+        matches!(dup, Err(StoreError::EntryAlreadyPosted(_))),
+        "{dup:?}"
+    );
     assert!(store.ledger_check().await.unwrap().balanced());
 
     // Completing the original request stores its response for replay.
@@ -189,7 +202,11 @@ fn store_entry_like(p: &Payment) -> rialto_engine::JournalEntry {
         p.id.clone(),
         vec![
             Posting::new(Account::PspClearing(p.psp.clone()), 10, p.currency()),
-            Posting::new(Account::MerchantPayable(p.merchant_id.clone()), -10, p.currency()),
+            Posting::new(
+                Account::MerchantPayable(p.merchant_id.clone()),
+                -10,
+                p.currency(),
+            ),
         ],
     )
     .unwrap()

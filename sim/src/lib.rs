@@ -94,7 +94,11 @@ impl SimPsp {
     }
 
     fn reference(&self, key: &str) -> String {
-        format!("{}_{:012x}", self.config.id, self.draw(key, 2) * 1_000_003 + self.draw(key, 3))
+        format!(
+            "{}_{:012x}",
+            self.config.id,
+            self.draw(key, 2) * 1_000_003 + self.draw(key, 3)
+        )
     }
 
     /// Records the first answer for a key and returns whatever is recorded.
@@ -206,7 +210,9 @@ impl PspAdapter for SimPsp {
         self.think(&req.idempotency_key).await;
         match self.book.get(&req.idempotency_key).map(|r| r.clone()) {
             None => OperationStatus::NotFound,
-            Some(Record::Succeeded { psp_reference }) => OperationStatus::Succeeded { psp_reference },
+            Some(Record::Succeeded { psp_reference }) => {
+                OperationStatus::Succeeded { psp_reference }
+            }
             Some(Record::Declined { code, message }) => OperationStatus::Declined { code, message },
         }
     }
@@ -239,13 +245,29 @@ mod tests {
     #[tokio::test]
     async fn forced_methods_force_their_outcome() {
         let psp = SimPsp::new(fast("sim"));
-        assert!(matches!(psp.authorize(&req("a", "pm_sim_approve")).await, PspOutcome::Approved { .. }));
-        assert!(matches!(psp.authorize(&req("d", "pm_sim_decline")).await, PspOutcome::HardDecline { .. }));
-        assert_eq!(psp.status(&req("nobody", "pm_sim_approve")).await, OperationStatus::NotFound);
+        assert!(matches!(
+            psp.authorize(&req("a", "pm_sim_approve")).await,
+            PspOutcome::Approved { .. }
+        ));
+        assert!(matches!(
+            psp.authorize(&req("d", "pm_sim_decline")).await,
+            PspOutcome::HardDecline { .. }
+        ));
+        assert_eq!(
+            psp.status(&req("nobody", "pm_sim_approve")).await,
+            OperationStatus::NotFound
+        );
         // The timeout method acts before it hangs, so a status query sees the approval.
-        let hung = tokio::time::timeout(Duration::from_millis(5), psp.authorize(&req("t", "pm_sim_timeout"))).await;
+        let hung = tokio::time::timeout(
+            Duration::from_millis(5),
+            psp.authorize(&req("t", "pm_sim_timeout")),
+        )
+        .await;
         assert!(hung.is_err());
-        assert!(matches!(psp.status(&req("t", "pm_sim_timeout")).await, OperationStatus::Succeeded { .. }));
+        assert!(matches!(
+            psp.status(&req("t", "pm_sim_timeout")).await,
+            OperationStatus::Succeeded { .. }
+        ));
     }
 
     #[tokio::test]
