@@ -395,15 +395,12 @@ impl Rialto {
         job: Job,
         done: oneshot::Receiver<Result<Payment, CommandError>>,
     ) -> Result<Payment, CommandError> {
-        let payment_id = job.payment_id.clone();
         self.deps.submit(job);
         match done.await {
             Ok(result) => result,
-            // The actor died with our reply port: the payment is recovered from storage.
-            Err(_) => match self.deps.store.payment(&payment_id).await {
-                Ok(Some(_)) | Ok(None) => Err(CommandError::Interrupted),
-                Err(e) => Err(CommandError::Store(e)),
-            },
+            // The actor died with our reply port; the supervisor resumes the payment from the
+            // store, and a retry with the same idempotency key reports its outcome.
+            Err(_) => Err(CommandError::Interrupted),
         }
     }
 

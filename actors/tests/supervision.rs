@@ -57,6 +57,26 @@ fn create(method: &str, reference: &str) -> CreatePayment {
     }
 }
 
+/// Starts `n` payments concurrently, references `{prefix}-{i}`.
+fn spawn_many(
+    engine: &Arc<Rialto>,
+    method: &'static str,
+    prefix: &str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<Payment, CommandError>>> {
+    (0..n)
+        .map(|i| {
+            let engine = engine.clone();
+            let reference = format!("{prefix}-{i}");
+            tokio::spawn(async move {
+                engine
+                    .create_payment(create(method, &reference), None)
+                    .await
+            })
+        })
+        .collect()
+}
+
 /// Polls the store until the payment has nothing in flight.
 async fn settled(store: &Arc<dyn Store>, id: &str) -> Payment {
     for _ in 0..500 {
@@ -156,16 +176,7 @@ async fn a_panicking_payment_actor_is_contained_and_its_payment_recovered() {
     });
     let engine = Arc::new(start(store.clone(), Some(faults.clone())).await);
 
-    let others: Vec<_> = (0..100)
-        .map(|i| {
-            let engine = engine.clone();
-            tokio::spawn(async move {
-                engine
-                    .create_payment(create("pm_sim_approve", &format!("ok-{i}")), None)
-                    .await
-            })
-        })
-        .collect();
+    let others = spawn_many(&engine, "pm_sim_approve", "ok", 100);
     let crashed = engine
         .create_payment(create("pm_sim_approve", "crash-me"), None)
         .await;
@@ -204,26 +215,8 @@ async fn a_crashing_psp_adapter_harms_no_other_payment_or_psp() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let engine = Arc::new(start(store.clone(), None).await);
-    let crashes: Vec<_> = (0..10)
-        .map(|i| {
-            let engine = engine.clone();
-            tokio::spawn(async move {
-                engine
-                    .create_payment(create("pm_sim_psp_crash", &format!("crash-{i}")), None)
-                    .await
-            })
-        })
-        .collect();
-    let healthy: Vec<_> = (0..60)
-        .map(|i| {
-            let engine = engine.clone();
-            tokio::spawn(async move {
-                engine
-                    .create_payment(create("pm_sim_approve", &format!("ok-{i}")), None)
-                    .await
-            })
-        })
-        .collect();
+    let crashes = spawn_many(&engine, "pm_sim_psp_crash", "crash", 10);
+    let healthy = spawn_many(&engine, "pm_sim_approve", "ok", 60);
     let mut psps_used = std::collections::HashSet::new();
     for h in healthy {
         let p = h.await.unwrap().unwrap();

@@ -165,6 +165,8 @@ impl Balances {
 #[derive(Debug, Default)]
 pub struct Audit {
     recomputed: Balances,
+    /// Recomputed balances the store has shown us, to catch any it lacks.
+    balances_seen: std::collections::HashSet<(Account, Currency)>,
     entries_seen: HashMap<String, ()>,
     /// payment id → (captured postings to PSP clearing, refunded postings), from the entries.
     by_payment: HashMap<String, (i64, i64)>,
@@ -202,6 +204,7 @@ impl Audit {
 
     /// A balance as the store keeps it; it must equal the one recomputed from entries.
     pub fn stored_balance(&mut self, account: &Account, currency: Currency, balance: i64) {
+        self.balances_seen.insert((account.clone(), currency));
         let recomputed = self
             .recomputed
             .by_account
@@ -245,6 +248,13 @@ impl Audit {
         for (payment_id, _) in self.by_payment.drain() {
             self.problems
                 .push(format!("entries reference unknown payment {payment_id}"));
+        }
+        for ((account, currency), balance) in &self.recomputed.by_account {
+            if *balance != 0 && !self.balances_seen.contains(&(account.clone(), *currency)) {
+                self.problems.push(format!(
+                    "entries give {account} {currency} a balance of {balance}, the store has none"
+                ));
+            }
         }
         let totals = self.recomputed.totals();
         for (currency, total) in &totals {
@@ -334,5 +344,34 @@ mod tests {
             problems.iter().any(|p| p.contains("posted twice")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn audit_catches_stored_balances_that_disagree_or_are_missing() {
+        let entry = JournalEntry::new(
+            "pay_1:capture".into(),
+            "pay_1".into(),
+            vec![
+                Posting::new(Account::PspClearing("a".into()), 10, Currency::Usd),
+                Posting::new(Account::MerchantPayable("m".into()), -10, Currency::Usd),
+            ],
+        )
+        .unwrap();
+        let mut audit = Audit::default();
+        audit.entry(&entry);
+        audit.stored_balance(&Account::PspClearing("a".into()), Currency::Usd, 11);
+        let (problems, _) = audit.problems();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("stored balance of psp_clearing:a"))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("merchant_payable:m USD a balance of -10, the store has none"))
+        );
+        assert!(problems.iter().any(|p| p.contains("unknown payment pay_1")));
     }
 }
