@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use rialto_actors::{EngineConfig, PspRoute};
-use rialto_sim::SimConfig;
+use rialto_sim::spec::PspSpec;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -19,7 +19,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub engine: EngineSection,
     pub api: ApiSection,
-    pub psp: Vec<PspSection>,
+    pub psp: Vec<PspSpec>,
 }
 
 impl Default for Config {
@@ -32,10 +32,7 @@ impl Default for Config {
             api: ApiSection::default(),
             psp: ["sim_a", "sim_b", "sim_c"]
                 .into_iter()
-                .map(|id| PspSection {
-                    id: id.to_string(),
-                    ..PspSection::default()
-                })
+                .map(PspSpec::named)
                 .collect(),
         }
     }
@@ -85,38 +82,6 @@ impl Default for ApiSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PspSection {
-    pub id: String,
-    /// Only `sim` (in-process simulator) for now.
-    pub kind: String,
-    pub priority: u32,
-    pub weight: u32,
-    pub latency_ms: u64,
-    pub latency_jitter_ms: u64,
-    pub decline_ppm: u32,
-    pub soft_failure_ppm: u32,
-    pub seed: u64,
-}
-
-impl Default for PspSection {
-    fn default() -> PspSection {
-        let sim = SimConfig::new("sim");
-        PspSection {
-            id: String::new(),
-            kind: "sim".into(),
-            priority: 1,
-            weight: 1,
-            latency_ms: sim.latency.as_millis() as u64,
-            latency_jitter_ms: sim.latency_jitter.as_millis() as u64,
-            decline_ppm: 0,
-            soft_failure_ppm: 0,
-            seed: sim.seed,
-        }
-    }
-}
-
 impl Config {
     pub fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
         let config: Config = match path {
@@ -127,58 +92,52 @@ impl Config {
             }
             None => Config::default(),
         };
-        if config.psp.is_empty() {
-            bail!("at least one [[psp]] is required");
-        }
-        for (i, psp) in config.psp.iter().enumerate() {
-            if psp.id.is_empty()
-                || !psp
-                    .id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                bail!("psp #{i}: id must be non-empty letters, digits and `_`");
-            }
-            if config.psp[..i].iter().any(|other| other.id == psp.id) {
-                bail!("psp `{}` is configured twice", psp.id);
-            }
-            if psp.kind != "sim" {
-                bail!(
-                    "psp `{}`: unknown kind `{}` (supported: sim)",
-                    psp.id,
-                    psp.kind
-                );
-            }
-            if psp.decline_ppm + psp.soft_failure_ppm > 1_000_000 {
-                bail!("psp `{}`: rates add up to more than 1,000,000 ppm", psp.id);
-            }
-        }
-        let engine = config.engine_config();
-        engine.validate().map_err(anyhow::Error::msg)?;
-        if Duration::from_millis(config.api.request_timeout_ms) <= engine.psp_call_timeout {
-            bail!("api.request_timeout_ms must exceed engine.psp_call_timeout_ms (timeouts nest)");
-        }
+        config.validate()?;
         Ok(config)
     }
 
-    pub fn engine_config(&self) -> EngineConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.psp.is_empty() {
+            bail!("at least one [[psp]] is required");
+        }
+        for (i, psp) in self.psp.iter().enumerate() {
+            psp.validate().map_err(anyhow::Error::msg)?;
+            if self.psp[..i].iter().any(|other| other.id == psp.id) {
+                bail!("psp `{}` is configured twice", psp.id);
+            }
+        }
+        let engine = self.engine_config(1.0);
+        engine.validate().map_err(anyhow::Error::msg)?;
+        if Duration::from_millis(self.api.request_timeout_ms) <= engine.psp_call_timeout {
+            bail!("api.request_timeout_ms must exceed engine.psp_call_timeout_ms (timeouts nest)");
+        }
+        Ok(())
+    }
+
+    /// The engine's settings with every duration multiplied by `scale` (1 outside `rialto sim`).
+    pub fn engine_config(&self, scale: f64) -> EngineConfig {
         let e = &self.engine;
+        let ms = |ms: u64| {
+            Duration::from_secs_f64(ms as f64 / 1_000.0 * scale).max(Duration::from_millis(1))
+        };
         EngineConfig {
-            psp_call_timeout: Duration::from_millis(e.psp_call_timeout_ms),
-            status_query_backoff: Duration::from_millis(e.status_query_backoff_ms),
+            psp_call_timeout: ms(e.psp_call_timeout_ms),
+            status_query_backoff: ms(e.status_query_backoff_ms),
             status_query_attempts_max: e.status_query_attempts_max,
             psp_inflight_max: e.psp_inflight_max,
             transactions_max: e.transactions_max,
-            sweep_interval: Duration::from_millis(e.sweep_interval_ms),
+            sweep_interval: ms(e.sweep_interval_ms),
             authorization_ttl: Duration::from_secs(e.authorization_ttl_s),
             ..EngineConfig::default()
         }
     }
 
-    pub fn api_config(&self) -> rialto_api::ApiConfig {
+    pub fn api_config(&self, scale: f64) -> rialto_api::ApiConfig {
         rialto_api::ApiConfig {
             body_bytes_max: self.api.body_bytes_max,
-            request_timeout: Duration::from_millis(self.api.request_timeout_ms),
+            request_timeout: Duration::from_secs_f64(
+                self.api.request_timeout_ms as f64 / 1_000.0 * scale,
+            ),
         }
     }
 
@@ -189,20 +148,6 @@ impl Config {
                 id: p.id.clone(),
                 priority: p.priority,
                 weight: p.weight,
-            })
-            .collect()
-    }
-
-    pub fn sims(&self) -> Vec<SimConfig> {
-        self.psp
-            .iter()
-            .map(|p| SimConfig {
-                latency: Duration::from_millis(p.latency_ms),
-                latency_jitter: Duration::from_millis(p.latency_jitter_ms),
-                decline_ppm: p.decline_ppm,
-                soft_failure_ppm: p.soft_failure_ppm,
-                seed: p.seed,
-                ..SimConfig::new(&p.id)
             })
             .collect()
     }

@@ -1,20 +1,26 @@
-//! The `rialto` binary: parse flags, build the engine, run. All behaviour lives in the
-//! library crates; this file only wires them.
+//! The `rialto` binary: parse flags, build, run. All behaviour lives in the library crates;
+//! this file and its two helpers (`config`, `server`) only wire them.
 
 mod config;
+mod server;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use serde::Deserialize;
 
-use rialto_actors::psp::PspAdapter;
-use rialto_actors::{RialtoBuilder, SystemClock};
+use rialto_actors::SystemClock;
 use rialto_engine::Clock;
-use rialto_persistence::{RedbStore, Store, StoreOptions};
-use rialto_sim::SimPsp;
+use rialto_sim::load::{self, Target};
+use rialto_sim::report::{self, Extras};
+use rialto_sim::scenario::Scenario;
+use rialto_sim::spec::PspSpec;
 
 use crate::config::Config;
 
@@ -38,9 +44,45 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
+        listen: Option<SocketAddr>,
         #[arg(long)]
-        ops_listen: Option<std::net::SocketAddr>,
+        ops_listen: Option<SocketAddr>,
+    },
+    /// Load-test Rialto with a scenario, in-process or against a running server.
+    Sim {
+        /// A built-in scenario: seed-profile, max-throughput, latency-spike, drop-1pct, psp-outage, memory-10k.
+        #[arg(long, conflicts_with = "scenario_file")]
+        scenario: Option<String>,
+        #[arg(long)]
+        scenario_file: Option<PathBuf>,
+        /// Drive a running Rialto at this URL instead of starting one in this process.
+        #[arg(long)]
+        target: Option<String>,
+        /// The merchant API key for --target (or RIALTO_API_KEY).
+        #[arg(long, env = "RIALTO_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Multiply every time in the scenario (0.02 runs a 20-minute profile in 24 s).
+        #[arg(long, default_value_t = 1.0)]
+        duration_scale: f64,
+        /// Write report.json and report.html here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// First drive the same load at a trivial endpoint, and report the ratio.
+        #[arg(long)]
+        baseline: bool,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// No live progress.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Serve a simulated PSP over HTTP (Rialto's PSP protocol, HMAC-signed requests).
+    PspSim {
+        #[arg(long, default_value = "127.0.0.1:7001")]
+        listen: SocketAddr,
+        /// TOML with one `[psp]` table (see sim/src/spec.rs); needs `secret`.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Manage merchants (with the server stopped: the store has one writer).
     Merchant {
@@ -102,12 +144,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn open_store(dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
-    let store = RedbStore::open(dir, StoreOptions::default())
-        .with_context(|| format!("opening the store in {}", dir.display()))?;
-    Ok(Arc::new(store))
-}
-
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve {
@@ -123,10 +159,46 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             serve(config).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sim {
+            scenario,
+            scenario_file,
+            target,
+            api_key,
+            duration_scale,
+            report,
+            baseline,
+            seed,
+            quiet,
+        } => {
+            let scenario = match (scenario, scenario_file) {
+                (_, Some(file)) => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    Scenario::parse(&text).map_err(anyhow::Error::msg)?
+                }
+                (name, None) => Scenario::built_in(name.as_deref().unwrap_or("max-throughput"))
+                    .map_err(anyhow::Error::msg)?,
+            };
+            if !(duration_scale > 0.0 && duration_scale <= 100.0) {
+                bail!("--duration-scale must be in (0, 100]");
+            }
+            let options = load::Options {
+                scale: duration_scale,
+                seed,
+                progress: !quiet,
+                trivial: false,
+                settle_max: Duration::from_secs(30),
+            };
+            simulate(scenario, target, api_key, options, baseline, report).await
+        }
+        Command::PspSim { listen, config } => {
+            psp_sim(listen, config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Merchant {
             command: MerchantCommand::Create { data_dir, name },
         } => {
-            let store = open_store(&data_dir)?;
+            let store = server::open_store(&data_dir)?;
             let (merchant, key) =
                 rialto_api::auth::create_merchant(store.as_ref(), &name, SystemClock.now_ms())
                     .await?;
@@ -140,7 +212,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ledger {
             command: LedgerCommand::Check { data_dir },
         } => {
-            let store = open_store(&data_dir)?;
+            let store = server::open_store(&data_dir)?;
             let report = store.ledger_check().await?;
             println!(
                 "payments: {}  journal entries: {}  postings: {}",
@@ -164,60 +236,175 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let store = open_store(&config.data_dir)?;
-    if store.merchant_count().await? == 0 {
-        let (merchant, key) =
-            rialto_api::auth::create_merchant(store.as_ref(), "demo", SystemClock.now_ms()).await?;
-        eprintln!(
-            "created the demo merchant {}; its API key (shown once) is on stdout",
-            merchant.id
-        );
-        println!("demo API key: {key}");
-    }
-    let adapters: Vec<Arc<dyn PspAdapter>> = config
-        .sims()
-        .into_iter()
-        .map(|sim| Arc::new(SimPsp::new(sim)) as Arc<dyn PspAdapter>)
-        .collect();
-    let mut builder = RialtoBuilder::new(store, adapters);
-    builder.routes = config.routes();
-    builder.config = config.engine_config();
-    let engine = Arc::new(builder.start().await.map_err(anyhow::Error::msg)?);
-    let state = rialto_api::AppState::new(engine.clone(), config.api_config());
-
-    let api = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let ops = tokio::net::TcpListener::bind(config.ops_listen)
-        .await
-        .with_context(|| format!("binding {}", config.ops_listen))?;
+    {
+        let store = server::open_store(&config.data_dir)?;
+        if store.merchant_count().await? == 0 {
+            let (merchant, key) =
+                rialto_api::auth::create_merchant(store.as_ref(), "demo", SystemClock.now_ms())
+                    .await?;
+            eprintln!(
+                "created the demo merchant {}; its API key (shown once) is on stdout",
+                merchant.id
+            );
+            println!("demo API key: {key}");
+        }
+    } // The store closes here; the server opens it again.
+    let running = server::start(&config, 1.0).await?;
     println!(
         "rialto listening: api http://{} ops http://{}",
-        api.local_addr()?,
-        ops.local_addr()?
+        running.api_addr, running.ops_addr
     );
     tracing::info!(data_dir = %config.data_dir.display(), "rialto serving");
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        // A closed channel means the process is exiting anyway.
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let api_server = axum::serve(api, rialto_api::merchant_router(state.clone()))
-        .with_graceful_shutdown(wait(stop_rx.clone()));
-    let ops_server =
-        axum::serve(ops, rialto_api::ops_router(state)).with_graceful_shutdown(wait(stop_rx));
-    let servers = tokio::spawn(async move {
-        tokio::try_join!(api_server.into_future(), ops_server.into_future())
-    });
-
     shutdown_signal().await;
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true); // Receivers live inside the servers until they finish.
-    servers.await.context("server task")??;
-    if let Ok(engine) = Arc::try_unwrap(engine) {
-        engine.shutdown().await;
+    running.stop().await
+}
+
+/// Runs a scenario, prints the summary, writes the report; fails if the ledger does not balance.
+async fn simulate(
+    scenario: Scenario,
+    target: Option<String>,
+    api_key: Option<String>,
+    options: load::Options,
+    baseline: bool,
+    report_dir: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let mut extras = Extras::default();
+    let mut local = None;
+    let mut data_dir = None;
+    let target = match target {
+        Some(url) => Target {
+            base_url: url.trim_end_matches('/').to_string(),
+            api_key: api_key.context("--target needs --api-key (or RIALTO_API_KEY)")?,
+        },
+        None => {
+            let dir = tempfile::tempdir().context("temp dir for the in-process store")?;
+            let mut config = Config {
+                listen: ([127, 0, 0, 1], 0).into(),
+                ops_listen: ([127, 0, 0, 1], 0).into(),
+                data_dir: dir.path().to_path_buf(),
+                psp: if scenario.psp.is_empty() {
+                    ["sim_a", "sim_b", "sim_c"]
+                        .into_iter()
+                        .map(PspSpec::named)
+                        .collect()
+                } else {
+                    scenario.psp.clone()
+                },
+                ..Config::default()
+            };
+            let o = &scenario.engine;
+            let e = &mut config.engine;
+            e.psp_call_timeout_ms = o.psp_call_timeout_ms.unwrap_or(e.psp_call_timeout_ms);
+            e.status_query_backoff_ms = o
+                .status_query_backoff_ms
+                .unwrap_or(e.status_query_backoff_ms);
+            e.status_query_attempts_max = o
+                .status_query_attempts_max
+                .unwrap_or(e.status_query_attempts_max);
+            e.sweep_interval_ms = o.sweep_interval_ms.unwrap_or(e.sweep_interval_ms);
+            let running = server::start(&config, options.scale).await?;
+            let (_, key) = rialto_api::auth::create_merchant(
+                running.store.as_ref(),
+                "sim",
+                SystemClock.now_ms(),
+            )
+            .await?;
+            eprintln!(
+                "rialto running in-process at http://{} (store in {})",
+                running.api_addr,
+                dir.path().display()
+            );
+            let target = Target {
+                base_url: format!("http://{}", running.api_addr),
+                api_key: key,
+            };
+            local = Some(running);
+            data_dir = Some(dir);
+            target
+        }
+    };
+    if baseline {
+        let trivial = load::Options {
+            trivial: true,
+            ..options.clone()
+        };
+        eprintln!("baseline: the same load at GET /ping");
+        extras.baseline = Some(load::run(&scenario, &target, &trivial).await?);
     }
+    eprintln!("running scenario {}", scenario.name);
+    let measured = load::run(&scenario, &target, &options).await?;
+    if let Some(running) = local {
+        extras.ledger_balanced = Some(running.store.ledger_check().await?.balanced());
+        extras.psp_calls = running
+            .sims
+            .iter()
+            .map(|s| (s.config().id.clone(), s.stats.snapshot()))
+            .collect::<BTreeMap<_, _>>();
+        running.stop().await?;
+    }
+    drop(data_dir);
+    let report = report::build(&scenario, options.scale, &measured, &extras);
+    println!("{}", report::summary(&report));
+    if let Some(dir) = report_dir {
+        report::write(&dir, &report)
+            .with_context(|| format!("writing the report to {}", dir.display()))?;
+        eprintln!(
+            "report written to {}/report.json and report.html",
+            dir.display()
+        );
+    }
+    Ok(if extras.ledger_balanced == Some(false) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PspSimFile {
+    psp: PspSpec,
+    /// Still accepted during a secret rotation.
+    previous_secret: Option<String>,
+}
+
+async fn psp_sim(listen: SocketAddr, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let file = match config {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<PspSimFile>(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => PspSimFile {
+            psp: PspSpec::named("psp_sim"),
+            previous_secret: None,
+        },
+    };
+    let secret = file
+        .psp
+        .secret
+        .clone()
+        .or_else(|| std::env::var("RIALTO_PSP_SECRET").ok())
+        .filter(|s| !s.is_empty())
+        .context("psp-sim needs a secret: `secret` in its [psp] table or RIALTO_PSP_SECRET")?;
+    let sim = Arc::new(rialto_sim::SimPsp::new(
+        file.psp.sim_config(1.0).map_err(anyhow::Error::msg)?,
+    ));
+    let mut secrets = vec![secret.into_bytes()];
+    secrets.extend(file.previous_secret.map(String::into_bytes));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    println!(
+        "psp-sim listening: http://{} (psp {})",
+        listener.local_addr()?,
+        file.psp.id
+    );
+    axum::serve(listener, rialto_sim::server::router(sim, secrets))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     Ok(())
 }
 

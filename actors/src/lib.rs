@@ -14,6 +14,7 @@
 
 pub mod payment_actor;
 pub mod psp;
+pub mod psp_http;
 pub mod psp_supervisor;
 pub mod root;
 pub mod txn_supervisor;

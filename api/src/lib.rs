@@ -161,6 +161,11 @@ async fn openapi() -> Response {
     Json(ApiDoc::openapi()).into_response()
 }
 
+/// The trivial endpoint `rialto sim --baseline` measures against: same server, no work.
+async fn ping() -> &'static str {
+    "pong"
+}
+
 async fn not_found() -> Problem {
     Problem::not_found("no such route")
 }
@@ -220,6 +225,7 @@ pub fn merchant_router(state: AppState) -> Router {
         .route("/v1/payments/{id}/events", get(payments::list_events))
         .route("/v1/ledger/balances", get(payments::balances))
         .route("/openapi.json", get(openapi))
+        .route("/ping", get(ping))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.body_bytes_max))

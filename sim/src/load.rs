@@ -1,0 +1,655 @@
+//! The load generator. It drives Rialto only through its merchant HTTP API: closed loop
+//! (virtual users that wait for each answer, then think) or open loop (a fixed arrival rate
+//! whose latency counts from the scheduled start, so a slow server cannot hide behind
+//! coordinated omission). It records HDR histograms, per-second series and every payment's
+//! final status, and at the end waits for payments left `unknown` to be settled.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use crate::scenario::{LoadMode, MixSpec, Scenario, scaled};
+
+/// Where the load goes.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub base_url: String,
+    pub api_key: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub scale: f64,
+    pub seed: u64,
+    /// Draw live progress on the terminal (stderr).
+    pub progress: bool,
+    /// Drive `GET /ping` instead of payments: the trivial-endpoint baseline.
+    pub trivial: bool,
+    /// How long to wait after the load for `unknown` payments to settle.
+    pub settle_max: Duration,
+}
+
+/// Latency histograms hold microseconds up to one hour.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Second {
+    pub requests: u64,
+    pub payments: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Everything one run measured.
+#[derive(Debug)]
+pub struct Measurements {
+    pub duration: Duration,
+    pub requests: u64,
+    /// Payments attempted (or pings, for the trivial baseline).
+    pub payments: u64,
+    /// Latency of payment creation (or of pings), in microseconds.
+    pub latency_us: Histogram<u64>,
+    /// Latency of every request the run made, in microseconds.
+    pub latency_all_us: Histogram<u64>,
+    /// Final status of each payment (`http_<code>`, `transport_error` for failed requests).
+    pub outcomes: BTreeMap<String, u64>,
+    pub by_psp: BTreeMap<String, BTreeMap<String, u64>>,
+    pub series: Vec<Second>,
+    pub dropped_arrivals: u64,
+    pub unresolved_after_settle: u64,
+    pub peak_rss_mb: Option<f64>,
+}
+
+impl Measurements {
+    /// Payments that did not end in an error. A decline is the issuer's answer, not an error
+    /// (the source's error definition); `failed`, an unresolved `unknown`, a 5xx, 409 or 429
+    /// and a transport error are errors.
+    pub fn successes(&self) -> u64 {
+        self.outcomes
+            .iter()
+            .filter(|(status, _)| is_success(status))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn success_rate(&self) -> f64 {
+        if self.payments == 0 {
+            return 0.0;
+        }
+        self.successes() as f64 / self.payments as f64
+    }
+
+    pub fn throughput_per_s(&self) -> f64 {
+        self.payments as f64 / self.duration.as_secs_f64().max(1e-9)
+    }
+}
+
+pub fn is_success(status: &str) -> bool {
+    matches!(
+        status,
+        "captured"
+            | "partially_refunded"
+            | "refunded"
+            | "authorized"
+            | "canceled"
+            | "declined"
+            | "pong"
+    )
+}
+
+fn settled(status: &str) -> bool {
+    !matches!(status, "unknown" | "authorizing" | "capturing" | "created")
+}
+
+#[derive(Default)]
+struct Inner {
+    latency_us: Option<Histogram<u64>>,
+    latency_all_us: Option<Histogram<u64>>,
+    per_second: Vec<(Second, Histogram<u64>)>,
+    /// payment id → (psp, last status)
+    payments: BTreeMap<String, (String, String)>,
+    failures: BTreeMap<String, u64>,
+}
+
+/// Shared by every worker; one short lock per request.
+struct Recorder {
+    started: Instant,
+    inner: Mutex<Inner>,
+    requests: AtomicU64,
+    payments: AtomicU64,
+    errors: AtomicU64,
+    dropped: AtomicU64,
+}
+
+enum Kind {
+    Payment,
+    Follow,
+}
+
+impl Recorder {
+    fn new() -> Recorder {
+        Recorder {
+            started: Instant::now(),
+            inner: Mutex::new(Inner {
+                latency_us: Some(histogram()),
+                latency_all_us: Some(histogram()),
+                ..Inner::default()
+            }),
+            requests: AtomicU64::new(0),
+            payments: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, kind: Kind, scheduled: Instant, latency: Duration, error: bool) {
+        let us = (latency.as_micros() as u64).clamp(1, 3_600_000_000);
+        let second = scheduled.saturating_duration_since(self.started).as_secs() as usize;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = inner.latency_all_us.as_mut().map(|h| h.record(us)); // Clamped into range above.
+        while inner.per_second.len() <= second {
+            inner.per_second.push((Second::default(), histogram()));
+        }
+        let slot = &mut inner.per_second[second];
+        slot.0.requests += 1;
+        slot.0.errors += u64::from(error);
+        if let Kind::Payment = kind {
+            self.payments.fetch_add(1, Ordering::Relaxed);
+            slot.0.payments += 1;
+            let _ = slot.1.record(us);
+            let _ = inner.latency_us.as_mut().map(|h| h.record(us));
+        }
+    }
+
+    fn payment(&self, id: &str, psp: &str, status: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .payments
+            .insert(id.to_string(), (psp.to_string(), status.to_string()));
+    }
+
+    fn failure(&self, what: String) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        *inner.failures.entry(what).or_default() += 1;
+    }
+
+    fn p99_ms(&self) -> f64 {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .latency_us
+            .as_ref()
+            .map_or(0.0, |h| h.value_at_quantile(0.99) as f64 / 1_000.0)
+    }
+}
+
+/// A small deterministic generator per worker (xorshift64*): the same seed draws the same mix.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64, stream: u64) -> Rng {
+        Rng((seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn between(&mut self, low: u64, high: u64) -> u64 {
+        if high <= low {
+            low
+        } else {
+            low + self.next() % (high - low + 1)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Flow {
+    Approve,
+    Manual,
+    Refund,
+    Decline,
+    Timeout,
+    Card,
+}
+
+fn pick(mix: &MixSpec, rng: &mut Rng) -> Flow {
+    let mut roll = rng.between(0, 99) as u32;
+    for (pct, flow) in [
+        (mix.manual_capture_pct, Flow::Manual),
+        (mix.refund_pct, Flow::Refund),
+        (mix.decline_pct, Flow::Decline),
+        (mix.timeout_pct, Flow::Timeout),
+        (mix.card_pct, Flow::Card),
+    ] {
+        if roll < pct {
+            return flow;
+        }
+        roll -= pct;
+    }
+    Flow::Approve
+}
+
+struct Worker {
+    client: reqwest::Client,
+    target: Target,
+    recorder: Arc<Recorder>,
+    mix: MixSpec,
+    run_id: String,
+    trivial: bool,
+}
+
+impl Worker {
+    async fn post(&self, path: &str, key: &str, body: Value) -> Result<(u16, Value), String> {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.target.base_url))
+            .bearer_auth(&self.target.api_key)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|_| "transport_error".to_string())?;
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    /// One payment's whole flow; latency of the first request counts from `scheduled`.
+    async fn iterate(&self, rng: &mut Rng, n: u64, scheduled: Instant) {
+        if self.trivial {
+            let sent = self
+                .client
+                .get(format!("{}/ping", self.target.base_url))
+                .send()
+                .await;
+            let ok = matches!(&sent, Ok(r) if r.status().is_success());
+            self.recorder
+                .record(Kind::Payment, scheduled, scheduled.elapsed(), !ok);
+            self.recorder.failure(if ok {
+                "pong".into()
+            } else {
+                "http_error".into()
+            });
+            return;
+        }
+        let flow = pick(&self.mix, rng);
+        let (method, capture) = match flow {
+            Flow::Approve | Flow::Refund => ("pm_sim_approve", "automatic"),
+            Flow::Manual => ("pm_sim_approve", "manual"),
+            Flow::Decline => ("pm_sim_decline", "automatic"),
+            Flow::Timeout => ("pm_sim_timeout", "automatic"),
+            Flow::Card => ("pm_card_visa", "automatic"),
+        };
+        let amount = rng.between(self.mix.amount_min as u64, self.mix.amount_max as u64) as i64;
+        let key = format!("{}-{n}", self.run_id);
+        let body = json!({"amount": amount, "currency": self.mix.currency, "payment_method": method,
+                          "capture_method": capture, "merchant_reference": key});
+        let result = self.post("/v1/payments", &key, body).await;
+        let (status, payment) = match result {
+            Ok((201, p)) => (201, p),
+            Ok((code, _)) => {
+                self.recorder
+                    .record(Kind::Payment, scheduled, scheduled.elapsed(), true);
+                self.recorder.failure(format!("http_{code}"));
+                return;
+            }
+            Err(e) => {
+                self.recorder
+                    .record(Kind::Payment, scheduled, scheduled.elapsed(), true);
+                self.recorder.failure(e);
+                return;
+            }
+        };
+        debug_assert_eq!(status, 201);
+        self.recorder
+            .record(Kind::Payment, scheduled, scheduled.elapsed(), false);
+        let id = payment["id"].as_str().unwrap_or_default().to_string();
+        let psp = payment["psp"].as_str().unwrap_or_default().to_string();
+        let mut last = payment["status"].as_str().unwrap_or_default().to_string();
+        let follow = match (flow, last.as_str()) {
+            (Flow::Manual, "authorized") => Some((format!("/v1/payments/{id}/capture"), json!({}))),
+            (Flow::Refund, "captured") => Some((
+                format!("/v1/payments/{id}/refunds"),
+                json!({"amount": (amount / 2).max(1)}),
+            )),
+            _ => None,
+        };
+        if let Some((path, body)) = follow {
+            let started = Instant::now();
+            let result = self.post(&path, &format!("{key}-2"), body).await;
+            let ok = matches!(&result, Ok((200 | 201, _)));
+            self.recorder
+                .record(Kind::Follow, started, started.elapsed(), !ok);
+            match result {
+                Ok((200, p)) => last = p["status"].as_str().unwrap_or_default().to_string(),
+                // The refund object: the payment is now (partially) refunded if it succeeded.
+                Ok((201, r)) if r["status"] == "succeeded" => {
+                    let full = r["amount"].as_i64() == Some(amount);
+                    last = if full {
+                        "refunded"
+                    } else {
+                        "partially_refunded"
+                    }
+                    .to_string();
+                }
+                _ => {}
+            }
+        }
+        self.recorder.payment(&id, &psp, &last);
+    }
+}
+
+fn rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs the scenario's load against `target`.
+pub async fn run(
+    scenario: &Scenario,
+    target: &Target,
+    options: &Options,
+) -> anyhow::Result<Measurements> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(4_096)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .context("building the HTTP client")?;
+    let recorder = Arc::new(Recorder::new());
+    let load = &scenario.load;
+    let ramp = scaled(load.ramp_ms, options.scale);
+    let total = scenario.duration(options.scale);
+    let end = recorder.started + total;
+    let think = (
+        scaled(load.think_min_ms, options.scale),
+        scaled(load.think_max_ms, options.scale),
+    );
+    let worker = Arc::new(Worker {
+        client: client.clone(),
+        target: target.clone(),
+        recorder: recorder.clone(),
+        mix: scenario.mix.clone(),
+        run_id: format!(
+            "sim-{}-{}",
+            scenario.name,
+            recorder.started.elapsed().as_nanos()
+                ^ options.seed as u128
+                ^ std::process::id() as u128
+        ),
+        trivial: options.trivial,
+    });
+    let progress = options
+        .progress
+        .then(|| spawn_progress(recorder.clone(), total));
+    let peak_rss = Arc::new(Mutex::new(rss_mb()));
+    let sampler = {
+        let peak = peak_rss.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let now = rss_mb();
+                let mut p = peak.lock().unwrap_or_else(|e| e.into_inner());
+                *p = match (*p, now) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        })
+    };
+
+    match load.mode {
+        LoadMode::Closed => {
+            let vus = u64::from(load.vus);
+            let tasks: Vec<_> = (0..vus)
+                .map(|vu| {
+                    let worker = worker.clone();
+                    let seed = options.seed;
+                    tokio::spawn(async move {
+                        let mut rng = Rng::new(seed, vu);
+                        let start = worker.recorder.started + ramp.mul_f64(vu as f64 / vus as f64);
+                        tokio::time::sleep_until(start.into()).await;
+                        let mut n = 0u64;
+                        while Instant::now() < end {
+                            worker.iterate(&mut rng, vu << 32 | n, Instant::now()).await;
+                            n += 1;
+                            let pause =
+                                rng.between(think.0.as_micros() as u64, think.1.as_micros() as u64);
+                            if pause > 0 {
+                                tokio::time::sleep(Duration::from_micros(pause)).await;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.context("virtual user")?;
+            }
+        }
+        LoadMode::Open => {
+            let peak = f64::from(load.rate_per_s);
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(load.in_flight_max as usize));
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut sent = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                let t = now.duration_since(recorder.started).as_secs_f64();
+                let r = ramp.as_secs_f64();
+                // Arrivals due by now: the integral of a rate ramping linearly to `peak`.
+                let due = if t < r {
+                    peak * t * t / (2.0 * r)
+                } else {
+                    peak * (r / 2.0 + (t - r))
+                };
+                while (sent as f64) < due {
+                    let n = sent;
+                    sent += 1;
+                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        recorder.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let worker = worker.clone();
+                    let seed = options.seed;
+                    tasks.spawn(async move {
+                        let mut rng = Rng::new(seed, n);
+                        worker.iterate(&mut rng, n, now).await;
+                        drop(permit);
+                    });
+                }
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    let duration = recorder
+        .started
+        .elapsed()
+        .min(total.max(Duration::from_millis(1)));
+    let unresolved = settle(&client, target, &recorder, options.settle_max).await;
+    sampler.abort();
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let peak_rss_mb = *peak_rss.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(finish(&recorder, duration, unresolved, peak_rss_mb))
+}
+
+/// Polls payments that were still in flight at the end until they settle (or time runs out).
+async fn settle(
+    client: &reqwest::Client,
+    target: &Target,
+    recorder: &Recorder,
+    settle_max: Duration,
+) -> u64 {
+    let deadline = Instant::now() + settle_max;
+    loop {
+        let open: Vec<String> = {
+            let inner = recorder.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner
+                .payments
+                .iter()
+                .filter(|(_, (_, s))| !settled(s))
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        if open.is_empty() || Instant::now() >= deadline {
+            return open.len() as u64;
+        }
+        for id in open {
+            let response = client
+                .get(format!("{}/v1/payments/{id}", target.base_url))
+                .bearer_auth(&target.api_key)
+                .send()
+                .await;
+            if let Ok(r) = response
+                && let Ok(p) = r.json::<Value>().await
+                && let (Some(status), Some(psp)) = (p["status"].as_str(), p["psp"].as_str())
+            {
+                recorder.payment(&id, psp, status);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn finish(
+    recorder: &Recorder,
+    duration: Duration,
+    unresolved: u64,
+    peak_rss_mb: Option<f64>,
+) -> Measurements {
+    let mut inner = recorder.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let mut outcomes: BTreeMap<String, u64> = inner.failures.clone();
+    let mut by_psp: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (psp, status) in inner.payments.values() {
+        *outcomes.entry(status.clone()).or_default() += 1;
+        *by_psp
+            .entry(psp.clone())
+            .or_default()
+            .entry(status.clone())
+            .or_default() += 1;
+    }
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
+    let series = inner
+        .per_second
+        .iter()
+        .map(|(s, h)| Second {
+            p50_ms: ms(h, 0.50),
+            p95_ms: ms(h, 0.95),
+            p99_ms: ms(h, 0.99),
+            ..s.clone()
+        })
+        .collect();
+    Measurements {
+        duration,
+        requests: recorder.requests.load(Ordering::Relaxed),
+        payments: recorder.payments.load(Ordering::Relaxed),
+        latency_us: inner.latency_us.take().unwrap_or_else(histogram),
+        latency_all_us: inner.latency_all_us.take().unwrap_or_else(histogram),
+        outcomes,
+        by_psp,
+        series,
+        dropped_arrivals: recorder.dropped.load(Ordering::Relaxed),
+        unresolved_after_settle: unresolved,
+        peak_rss_mb,
+    }
+}
+
+/// Live progress on stderr: elapsed, requests/s, success rate, p99. Drawn only on a terminal.
+fn spawn_progress(recorder: Arc<Recorder>, total: Duration) -> tokio::task::JoinHandle<()> {
+    let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    tokio::spawn(async move {
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let requests = recorder.requests.load(Ordering::Relaxed);
+            let errors = recorder.errors.load(Ordering::Relaxed);
+            let rps = (requests - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            last = (Instant::now(), requests);
+            let ok = if requests == 0 {
+                100.0
+            } else {
+                100.0 * (requests - errors) as f64 / requests as f64
+            };
+            bar.set_position(recorder.started.elapsed().as_millis() as u64);
+            bar.set_message(format!(
+                "{rps:>8.0} req/s  ok {ok:6.2}%  p99 {:.1} ms",
+                recorder.p99_ms()
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mix_is_drawn_in_the_configured_shares() {
+        let mix = MixSpec {
+            manual_capture_pct: 30,
+            refund_pct: 20,
+            decline_pct: 10,
+            ..MixSpec::default()
+        };
+        let mut rng = Rng::new(1, 2);
+        let mut counts = [0u32; 6];
+        for _ in 0..10_000 {
+            counts[pick(&mix, &mut rng) as usize] += 1;
+        }
+        let [approve, manual, refund, decline, timeout, card] = counts;
+        assert!(
+            approve.abs_diff(4_000) < 250 && manual.abs_diff(3_000) < 250,
+            "{counts:?}"
+        );
+        assert!(
+            refund.abs_diff(2_000) < 200 && decline.abs_diff(1_000) < 150,
+            "{counts:?}"
+        );
+        assert_eq!((timeout, card), (0, 0));
+    }
+
+    #[test]
+    fn success_excludes_errors_but_not_declines() {
+        for s in ["captured", "declined", "refunded", "pong"] {
+            assert!(is_success(s), "{s}");
+        }
+        for s in [
+            "failed",
+            "unknown",
+            "http_500",
+            "http_409",
+            "transport_error",
+        ] {
+            assert!(!is_success(s), "{s}");
+        }
+    }
+}

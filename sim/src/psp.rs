@@ -1,0 +1,685 @@
+//! The simulated PSP. [`SimPsp`] behaves like a PSP with configurable latency (fixed, uniform
+//! or log-normal), outcome rates and a schedule of incidents (outage, latency spike, dropped
+//! calls), plus test payment methods that force an outcome:
+//!
+//! | payment method      | authorize                                                        |
+//! |---------------------|------------------------------------------------------------------|
+//! | `pm_sim_approve`    | approved                                                         |
+//! | `pm_sim_decline`    | hard decline `card_declined`                                     |
+//! | `pm_sim_timeout`    | approved at the PSP, but the answer never arrives in time; a status query says approved |
+//! | `pm_sim_psp_crash`  | the adapter panics mid-call (tests supervision)                  |
+//! | anything else       | drawn from the configured rates                                  |
+//!
+//! Every random choice is a pure function of the seed, the operation's idempotency key and
+//! what is being drawn, so the same requests give the same outcomes in any order and a run can
+//! be repeated. Capture, void and refund are approved. Every operation is recorded by its
+//! idempotency key: sending it again replays the recorded answer, and `status` reports it.
+//! The book lives in memory: after a crash of the whole process the PSP "forgets".
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+
+use rialto_actors::psp::{Capabilities, OperationStatus, PspAdapter, PspOutcome, PspRequest};
+use rialto_engine::Currency;
+
+/// How long a PSP takes to answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Latency {
+    Fixed(Duration),
+    Uniform {
+        min: Duration,
+        max: Duration,
+    },
+    /// Log-normal, given by its median and 99th percentile.
+    LogNormal {
+        p50: Duration,
+        p99: Duration,
+    },
+}
+
+impl Latency {
+    /// The latency for two independent uniform draws in `0..1_000_000`.
+    pub fn sample(&self, u1: u64, u2: u64) -> Duration {
+        match self {
+            Latency::Fixed(d) => *d,
+            Latency::Uniform { min, max } => {
+                let span = max.saturating_sub(*min).as_micros() as u64;
+                *min + Duration::from_micros(span * u1 / 999_999)
+            }
+            Latency::LogNormal { p50, p99 } => {
+                // Box–Muller for a standard normal, then exp(mu + sigma z). Simulation only:
+                // no money depends on these floats.
+                let a = (u1 as f64 + 0.5) / 1_000_000.0;
+                let b = (u2 as f64 + 0.5) / 1_000_000.0;
+                let z = (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos();
+                let mu = (p50.as_secs_f64().max(1e-6)).ln();
+                let sigma = ((p99.as_secs_f64().max(1e-6)).ln() - mu).max(0.0) / 2.326_348;
+                Duration::from_secs_f64((mu + sigma * z).exp().min(3_600.0))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum IncidentKind {
+    /// The PSP refuses every call (connection refused): nothing it is asked happens.
+    Outage,
+    /// Every call takes this long.
+    LatencySpike { latency: Duration },
+    /// This share of calls (parts per million) is acted on but the answer is lost.
+    Drop { ppm: u32 },
+}
+
+/// An incident active from `start` to `end`, measured from the simulator's start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Incident {
+    pub kind: IncidentKind,
+    pub start: Duration,
+    pub end: Duration,
+}
+
+/// Outcome rates are parts per million for payment methods that do not force one; whatever is
+/// left after declines, soft failures and timeouts is approved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimConfig {
+    pub id: String,
+    pub latency: Latency,
+    pub decline_ppm: u32,
+    pub soft_failure_ppm: u32,
+    /// Acted on, answered too late (like `pm_sim_timeout`).
+    pub timeout_ppm: u32,
+    /// How long a timed-out or dropped call keeps the caller waiting.
+    pub hang: Duration,
+    pub seed: u64,
+    pub incidents: Vec<Incident>,
+}
+
+impl SimConfig {
+    pub fn new(id: &str) -> SimConfig {
+        SimConfig {
+            id: id.to_string(),
+            latency: Latency::Uniform {
+                min: Duration::from_millis(2),
+                max: Duration::from_millis(5),
+            },
+            decline_ppm: 0,
+            soft_failure_ppm: 0,
+            timeout_ppm: 0,
+            hang: Duration::from_secs(3_600),
+            seed: 0x5eed,
+            incidents: Vec::new(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let total = u64::from(self.decline_ppm)
+            + u64::from(self.soft_failure_ppm)
+            + u64::from(self.timeout_ppm);
+        if total > 1_000_000 {
+            return Err(format!(
+                "psp `{}`: outcome rates add up to more than 1,000,000 ppm",
+                self.id
+            ));
+        }
+        for i in &self.incidents {
+            if i.end <= i.start {
+                return Err(format!(
+                    "psp `{}`: an incident ends before it starts",
+                    self.id
+                ));
+            }
+            if let IncidentKind::Drop { ppm } = i.kind
+                && ppm > 1_000_000
+            {
+                return Err(format!("psp `{}`: drop rate above 1,000,000 ppm", self.id));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the incident schedule says at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Conditions {
+    pub down: bool,
+    pub latency_override: Option<Duration>,
+    pub drop_ppm: u32,
+}
+
+/// The conditions in force `elapsed` after the start. Pure, so the schedule is testable.
+pub fn conditions(incidents: &[Incident], elapsed: Duration) -> Conditions {
+    let mut c = Conditions::default();
+    for i in incidents
+        .iter()
+        .filter(|i| i.start <= elapsed && elapsed < i.end)
+    {
+        match &i.kind {
+            IncidentKind::Outage => c.down = true,
+            IncidentKind::LatencySpike { latency } => {
+                c.latency_override = Some(c.latency_override.map_or(*latency, |l| l.max(*latency)))
+            }
+            IncidentKind::Drop { ppm } => c.drop_ppm = c.drop_ppm.max(*ppm),
+        }
+    }
+    c
+}
+
+#[derive(Clone, Debug)]
+enum Record {
+    Succeeded { psp_reference: String },
+    Declined { code: String, message: String },
+}
+
+/// Counters of what the simulator was asked and answered.
+#[derive(Debug, Default)]
+pub struct SimStats {
+    pub calls: AtomicU64,
+    pub approved: AtomicU64,
+    pub declined: AtomicU64,
+    pub soft_failures: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub dropped: AtomicU64,
+    pub refused_down: AtomicU64,
+    pub status_queries: AtomicU64,
+}
+
+impl SimStats {
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("calls", get(&self.calls)),
+            ("approved", get(&self.approved)),
+            ("declined", get(&self.declined)),
+            ("soft_failures", get(&self.soft_failures)),
+            ("timeouts", get(&self.timeouts)),
+            ("dropped", get(&self.dropped)),
+            ("refused_down", get(&self.refused_down)),
+            ("status_queries", get(&self.status_queries)),
+        ]
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub struct SimPsp {
+    config: SimConfig,
+    book: DashMap<String, Record>,
+    started: Instant,
+    pub stats: SimStats,
+}
+
+/// What to draw, so each choice uses its own independent stream.
+#[derive(Clone, Copy)]
+enum Draw {
+    Outcome = 0,
+    Latency1 = 1,
+    Latency2 = 2,
+    Reference = 3,
+    Drop = 4,
+}
+
+impl SimPsp {
+    pub fn new(config: SimConfig) -> SimPsp {
+        assert!(config.validate().is_ok(), "{:?}", config.validate());
+        SimPsp {
+            config,
+            book: DashMap::new(),
+            started: Instant::now(),
+            stats: SimStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    fn now(&self) -> Conditions {
+        conditions(&self.config.incidents, self.started.elapsed())
+    }
+
+    /// A uniform value in `0..1_000_000` per (seed, key, what).
+    fn draw(&self, key: &str, what: Draw) -> u64 {
+        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        splitmix64(h ^ self.config.seed ^ (what as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            % 1_000_000
+    }
+
+    async fn think(&self, key: &str, conditions: &Conditions) {
+        let latency = conditions.latency_override.unwrap_or_else(|| {
+            self.config.latency.sample(
+                self.draw(key, Draw::Latency1),
+                self.draw(key, Draw::Latency2),
+            )
+        });
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
+
+    fn reference(&self, key: &str) -> String {
+        format!(
+            "{}_{:06}{:06}",
+            self.config.id,
+            self.draw(key, Draw::Reference),
+            self.draw(key, Draw::Latency2)
+        )
+    }
+
+    /// Records the first answer for a key and returns whatever is recorded.
+    fn record(&self, key: &str, record: Record) -> PspOutcome {
+        let stored = self.book.entry(key.to_string()).or_insert(record).clone();
+        match stored {
+            Record::Succeeded { psp_reference } => {
+                bump(&self.stats.approved);
+                PspOutcome::Approved { psp_reference }
+            }
+            Record::Declined { code, message } => {
+                bump(&self.stats.declined);
+                PspOutcome::HardDecline { code, message }
+            }
+        }
+    }
+
+    /// Acts, then never answers in time: the outcome is only visible to a status query.
+    async fn act_then_hang(&self, key: &str, record: Record) -> PspOutcome {
+        let outcome = self.record(key, record);
+        tokio::time::sleep(self.config.hang).await;
+        outcome
+    }
+
+    /// Runs one operation under the incident schedule.
+    async fn operate(
+        &self,
+        req: &PspRequest,
+        decide: impl FnOnce(&Self) -> Decision,
+    ) -> PspOutcome {
+        bump(&self.stats.calls);
+        let key = &req.idempotency_key;
+        let conditions = self.now();
+        if conditions.down {
+            bump(&self.stats.refused_down);
+            return PspOutcome::SoftFailure {
+                reason: format!("{} is down", self.config.id),
+            };
+        }
+        if let Some(done) = self.book.get(key).map(|r| r.clone()) {
+            self.think(key, &conditions).await;
+            return self.record(key, done);
+        }
+        let decision = decide(self);
+        let dropped =
+            conditions.drop_ppm > 0 && self.draw(key, Draw::Drop) < u64::from(conditions.drop_ppm);
+        if let Decision::Crash = decision {
+            panic!("simulated adapter crash for {}", req.payment_id);
+        }
+        self.think(key, &conditions).await;
+        match decision {
+            Decision::Approve | Decision::Timeout if dropped => {
+                bump(&self.stats.dropped);
+                let record = Record::Succeeded {
+                    psp_reference: self.reference(key),
+                };
+                self.act_then_hang(key, record).await
+            }
+            Decision::Approve => {
+                let record = Record::Succeeded {
+                    psp_reference: self.reference(key),
+                };
+                self.record(key, record)
+            }
+            Decision::Timeout => {
+                bump(&self.stats.timeouts);
+                let record = Record::Succeeded {
+                    psp_reference: self.reference(key),
+                };
+                self.act_then_hang(key, record).await
+            }
+            Decision::Decline { code, message } => {
+                self.record(key, Record::Declined { code, message })
+            }
+            Decision::SoftFailure => {
+                // Nothing is recorded: a soft failure means the PSP did not act.
+                bump(&self.stats.soft_failures);
+                PspOutcome::SoftFailure {
+                    reason: "issuer unavailable".into(),
+                }
+            }
+            Decision::Crash => unreachable!("crashed above"),
+        }
+    }
+
+    fn authorize_decision(&self, req: &PspRequest) -> Decision {
+        match req.payment_method.as_str() {
+            "pm_sim_approve" => Decision::Approve,
+            "pm_sim_decline" => Decision::Decline {
+                code: "card_declined".into(),
+                message: "the card was declined".into(),
+            },
+            "pm_sim_timeout" => Decision::Timeout,
+            "pm_sim_psp_crash" => Decision::Crash,
+            _ => {
+                let draw = self.draw(&req.idempotency_key, Draw::Outcome);
+                let declines = u64::from(self.config.decline_ppm);
+                let soft = declines + u64::from(self.config.soft_failure_ppm);
+                let timeouts = soft + u64::from(self.config.timeout_ppm);
+                if draw < declines {
+                    Decision::Decline {
+                        code: "do_not_honor".into(),
+                        message: "the issuer declined".into(),
+                    }
+                } else if draw < soft {
+                    Decision::SoftFailure
+                } else if draw < timeouts {
+                    Decision::Timeout
+                } else {
+                    Decision::Approve
+                }
+            }
+        }
+    }
+}
+
+enum Decision {
+    Approve,
+    Decline { code: String, message: String },
+    SoftFailure,
+    Timeout,
+    Crash,
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[async_trait]
+impl PspAdapter for SimPsp {
+    fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            partial_capture: true,
+            partial_refund: true,
+            void: true,
+            currencies: Currency::ALL.to_vec(),
+        }
+    }
+
+    async fn authorize(&self, req: &PspRequest) -> PspOutcome {
+        self.operate(req, |psp| psp.authorize_decision(req)).await
+    }
+
+    async fn capture(&self, req: &PspRequest) -> PspOutcome {
+        self.operate(req, |_| Decision::Approve).await
+    }
+
+    async fn void(&self, req: &PspRequest) -> PspOutcome {
+        self.operate(req, |_| Decision::Approve).await
+    }
+
+    async fn refund(&self, req: &PspRequest) -> PspOutcome {
+        self.operate(req, |_| Decision::Approve).await
+    }
+
+    async fn status(&self, req: &PspRequest) -> OperationStatus {
+        bump(&self.stats.status_queries);
+        let conditions = self.now();
+        if conditions.down {
+            return OperationStatus::Pending;
+        }
+        self.think(&req.idempotency_key, &conditions).await;
+        match self.book.get(&req.idempotency_key).map(|r| r.clone()) {
+            None => OperationStatus::NotFound,
+            Some(Record::Succeeded { psp_reference }) => {
+                OperationStatus::Succeeded { psp_reference }
+            }
+            Some(Record::Declined { code, message }) => OperationStatus::Declined { code, message },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rialto_engine::Money;
+
+    fn req(key: &str, method: &str) -> PspRequest {
+        PspRequest {
+            idempotency_key: key.into(),
+            payment_id: "pay".into(),
+            amount: Money::new(100, Currency::Usd),
+            payment_method: method.into(),
+            psp_reference: None,
+        }
+    }
+
+    fn fast(id: &str) -> SimConfig {
+        SimConfig {
+            latency: Latency::Fixed(Duration::ZERO),
+            hang: Duration::from_millis(50),
+            ..SimConfig::new(id)
+        }
+    }
+
+    #[tokio::test]
+    async fn forced_methods_force_their_outcome() {
+        let psp = SimPsp::new(fast("sim"));
+        assert!(matches!(
+            psp.authorize(&req("a", "pm_sim_approve")).await,
+            PspOutcome::Approved { .. }
+        ));
+        assert!(matches!(
+            psp.authorize(&req("d", "pm_sim_decline")).await,
+            PspOutcome::HardDecline { .. }
+        ));
+        assert_eq!(
+            psp.status(&req("nobody", "pm_sim_approve")).await,
+            OperationStatus::NotFound
+        );
+        // The timeout method acts before it hangs, so a status query sees the approval.
+        let hung = tokio::time::timeout(
+            Duration::from_millis(5),
+            psp.authorize(&req("t", "pm_sim_timeout")),
+        )
+        .await;
+        assert!(hung.is_err());
+        assert!(matches!(
+            psp.status(&req("t", "pm_sim_timeout")).await,
+            OperationStatus::Succeeded { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn resends_replay_the_first_answer() {
+        let psp = SimPsp::new(fast("sim"));
+        let first = psp.capture(&req("k", "pm_sim_approve")).await;
+        let again = psp.capture(&req("k", "pm_sim_approve")).await;
+        assert_eq!(first, again);
+        assert_eq!(psp.book.len(), 1);
+    }
+
+    /// Counts outcomes of `n` authorizations with fresh keys.
+    async fn outcomes(psp: &SimPsp, n: usize) -> [u32; 4] {
+        let mut counts = [0u32; 4];
+        for i in 0..n {
+            let call = tokio::time::timeout(
+                Duration::from_millis(20),
+                psp.authorize(&req(&format!("k{i}"), "pm_card")),
+            );
+            let slot = match call.await {
+                Ok(PspOutcome::Approved { .. }) => 0,
+                Ok(PspOutcome::HardDecline { .. }) => 1,
+                Ok(PspOutcome::SoftFailure { .. }) => 2,
+                Ok(PspOutcome::Unknown { .. }) | Err(_) => 3,
+            };
+            counts[slot] += 1;
+        }
+        counts
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rates_are_deterministic_per_seed_and_close_to_configured() {
+        let config = SimConfig {
+            decline_ppm: 200_000,
+            soft_failure_ppm: 100_000,
+            timeout_ppm: 50_000,
+            ..fast("sim")
+        };
+        let a = outcomes(&SimPsp::new(config.clone()), 2_000).await;
+        let b = outcomes(&SimPsp::new(config.clone()), 2_000).await;
+        assert_eq!(a, b, "same seed, same outcomes");
+        let other_seed = outcomes(&SimPsp::new(SimConfig { seed: 7, ..config }), 2_000).await;
+        assert_ne!(a, other_seed, "another seed, another run");
+        // 2,000 draws: expected 1300 / 400 / 200 / 100, within about four standard deviations.
+        let check =
+            |got: u32, expected: u32, slack: u32| assert!(got.abs_diff(expected) <= slack, "{a:?}");
+        check(a[0], 1_300, 90);
+        check(a[1], 400, 75);
+        check(a[2], 200, 55);
+        check(a[3], 100, 40);
+    }
+
+    #[test]
+    fn latency_distributions_respect_their_parameters() {
+        let ms = |d: Duration| d.as_secs_f64() * 1_000.0;
+        let draws = |l: &Latency| -> Vec<f64> {
+            let mut v: Vec<f64> = (0..10_000u64)
+                .map(|i| {
+                    ms(l.sample(
+                        splitmix64(i) % 1_000_000,
+                        splitmix64(i + 77_777) % 1_000_000,
+                    ))
+                })
+                .collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v
+        };
+        let fixed = draws(&Latency::Fixed(Duration::from_millis(7)));
+        assert!(fixed.iter().all(|x| *x == 7.0));
+        let uniform = draws(&Latency::Uniform {
+            min: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+        });
+        assert!(uniform[0] >= 10.0 && uniform[9_999] <= 20.0);
+        assert!(
+            (uniform[5_000] - 15.0).abs() < 0.5,
+            "median {}",
+            uniform[5_000]
+        );
+        let lognormal = draws(&Latency::LogNormal {
+            p50: Duration::from_millis(100),
+            p99: Duration::from_millis(800),
+        });
+        assert!(
+            (lognormal[5_000] / 100.0 - 1.0).abs() < 0.08,
+            "p50 {}",
+            lognormal[5_000]
+        );
+        assert!(
+            (lognormal[9_900] / 800.0 - 1.0).abs() < 0.2,
+            "p99 {}",
+            lognormal[9_900]
+        );
+    }
+
+    #[test]
+    fn the_incident_schedule_applies_only_inside_its_window() {
+        let s = |x: u64| Duration::from_secs(x);
+        let incidents = vec![
+            Incident {
+                kind: IncidentKind::Outage,
+                start: s(10),
+                end: s(20),
+            },
+            Incident {
+                kind: IncidentKind::LatencySpike {
+                    latency: Duration::from_millis(900),
+                },
+                start: s(15),
+                end: s(30),
+            },
+            Incident {
+                kind: IncidentKind::Drop { ppm: 10_000 },
+                start: s(0),
+                end: s(5),
+            },
+        ];
+        assert_eq!(
+            conditions(&incidents, s(2)),
+            Conditions {
+                drop_ppm: 10_000,
+                ..Conditions::default()
+            }
+        );
+        assert_eq!(conditions(&incidents, s(5)), Conditions::default());
+        assert_eq!(
+            conditions(&incidents, s(12)),
+            Conditions {
+                down: true,
+                ..Conditions::default()
+            }
+        );
+        assert_eq!(
+            conditions(&incidents, s(16)),
+            Conditions {
+                down: true,
+                latency_override: Some(Duration::from_millis(900)),
+                drop_ppm: 0
+            }
+        );
+        assert_eq!(conditions(&incidents, s(30)), Conditions::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_refuses_calls_and_dropped_calls_are_acted_on() {
+        let down = SimConfig {
+            incidents: vec![Incident {
+                kind: IncidentKind::Outage,
+                start: Duration::ZERO,
+                end: Duration::from_secs(60),
+            }],
+            ..fast("down")
+        };
+        let psp = SimPsp::new(down);
+        assert!(matches!(
+            psp.authorize(&req("x", "pm_sim_approve")).await,
+            PspOutcome::SoftFailure { .. }
+        ));
+        assert_eq!(
+            psp.status(&req("x", "pm_sim_approve")).await,
+            OperationStatus::Pending
+        );
+
+        let lossy = SimConfig {
+            incidents: vec![Incident {
+                kind: IncidentKind::Drop { ppm: 1_000_000 },
+                start: Duration::ZERO,
+                end: Duration::from_secs(60),
+            }],
+            ..fast("lossy")
+        };
+        let psp = SimPsp::new(lossy);
+        let call = tokio::time::timeout(
+            Duration::from_millis(10),
+            psp.authorize(&req("y", "pm_sim_approve")),
+        )
+        .await;
+        assert!(call.is_err(), "the answer was dropped");
+        assert!(matches!(
+            psp.status(&req("y", "pm_sim_approve")).await,
+            OperationStatus::Succeeded { .. }
+        ));
+        assert_eq!(psp.stats.dropped.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,160 @@
+//! `rialto psp-sim`: a [`SimPsp`] served over HTTP with Rialto's PSP protocol
+//! (`rialto_actors::psp_http`). Every request must carry an `Idempotency-Key` and a valid
+//! HMAC-SHA256 `X-Psp-Signature`; a bad or missing signature is refused with 401 before the
+//! simulator sees the request.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use rialto_actors::psp::{OperationStatus, PspAdapter, PspOutcome, PspRequest};
+use rialto_actors::psp_http::{
+    BODY_BYTES_MAX, IDEMPOTENCY_HEADER, OperationRequest, OperationResponse, OperationState,
+    SIGNATURE_HEADER, verify,
+};
+use rialto_engine::{Currency, Money};
+
+use crate::psp::SimPsp;
+
+#[derive(Clone)]
+struct Served {
+    psp: Arc<SimPsp>,
+    /// Current secret first, then previous ones still accepted during a rotation.
+    secrets: Arc<Vec<Vec<u8>>>,
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+fn answer(
+    state: OperationState,
+    reference: Option<String>,
+    code: Option<String>,
+    message: Option<String>,
+) -> Response {
+    axum::Json(OperationResponse {
+        state,
+        reference,
+        code,
+        message,
+    })
+    .into_response()
+}
+
+/// Checks the signature and extracts the idempotency key.
+fn authenticate(
+    served: &Served,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<String, Response> {
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    let secrets: Vec<&[u8]> = served.secrets.iter().map(Vec::as_slice).collect();
+    if let Err(e) = verify(&secrets, signature, method.as_str(), uri.path(), body) {
+        return Err(error(StatusCode::UNAUTHORIZED, &e.to_string()));
+    }
+    headers
+        .get(IDEMPOTENCY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .map(str::to_string)
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "Idempotency-Key is required"))
+}
+
+async fn operate(
+    State(served): State<Served>,
+    Path(op): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key = match authenticate(&served, &method, &uri, &headers, &body) {
+        Ok(key) => key,
+        Err(response) => return response,
+    };
+    let Ok(req) = serde_json::from_slice::<OperationRequest>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "malformed operation request");
+    };
+    let Some(currency) = Currency::from_code(&req.currency) else {
+        return error(StatusCode::BAD_REQUEST, "unknown currency");
+    };
+    let call = PspRequest {
+        idempotency_key: key,
+        payment_id: req.payment_id,
+        amount: Money::new(req.amount, currency),
+        payment_method: req.payment_method,
+        psp_reference: req.reference,
+    };
+    let outcome = match op.as_str() {
+        "authorize" => served.psp.authorize(&call).await,
+        "capture" => served.psp.capture(&call).await,
+        "void" => served.psp.void(&call).await,
+        "refund" => served.psp.refund(&call).await,
+        _ => return error(StatusCode::NOT_FOUND, "unknown operation"),
+    };
+    match outcome {
+        PspOutcome::Approved { psp_reference } => {
+            answer(OperationState::Succeeded, Some(psp_reference), None, None)
+        }
+        PspOutcome::HardDecline { code, message } => {
+            answer(OperationState::Declined, None, Some(code), Some(message))
+        }
+        PspOutcome::SoftFailure { reason } => error(StatusCode::SERVICE_UNAVAILABLE, &reason),
+        PspOutcome::Unknown { reason } => error(StatusCode::INTERNAL_SERVER_ERROR, &reason),
+    }
+}
+
+async fn status(
+    State(served): State<Served>,
+    Path(key): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = authenticate(&served, &method, &uri, &headers, b"") {
+        return response;
+    }
+    let query = PspRequest {
+        idempotency_key: key,
+        payment_id: String::new(),
+        amount: Money::new(0, Currency::Usd),
+        payment_method: String::new(),
+        psp_reference: None,
+    };
+    match served.psp.status(&query).await {
+        OperationStatus::NotFound => error(StatusCode::NOT_FOUND, "no such operation"),
+        OperationStatus::Pending => answer(OperationState::Pending, None, None, None),
+        OperationStatus::Succeeded { psp_reference } => {
+            answer(OperationState::Succeeded, Some(psp_reference), None, None)
+        }
+        OperationStatus::Declined { code, message } => {
+            answer(OperationState::Declined, None, Some(code), Some(message))
+        }
+    }
+}
+
+/// The simulator's routes. `secrets`: the current secret, then any still-accepted previous ones.
+pub fn router(psp: Arc<SimPsp>, secrets: Vec<Vec<u8>>) -> Router {
+    assert!(
+        !secrets.is_empty() && secrets.iter().all(|s| !s.is_empty()),
+        "psp-sim needs a secret"
+    );
+    let served = Served {
+        psp,
+        secrets: Arc::new(secrets),
+    };
+    Router::new()
+        .route("/v1/operations/{key}", get(status))
+        .route("/v1/{op}", post(operate))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(served)
+}

@@ -1,0 +1,94 @@
+//! Starting and stopping a whole Rialto in this process: store, engine, merchant API and ops
+//! listener. `rialto serve` runs one until a signal; `rialto sim` runs one on loopback to load.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use rialto_actors::psp::PspAdapter;
+use rialto_actors::{Rialto, RialtoBuilder};
+use rialto_persistence::{RedbStore, Store, StoreOptions};
+use rialto_sim::SimPsp;
+
+use crate::config::Config;
+
+pub fn open_store(dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
+    let store = RedbStore::open(dir, StoreOptions::default())
+        .with_context(|| format!("opening the store in {}", dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+pub struct Running {
+    pub api_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    /// The in-process simulated PSPs, for their counters.
+    pub sims: Vec<Arc<SimPsp>>,
+    engine: Arc<Rialto>,
+    stop: watch::Sender<bool>,
+    servers: tokio::task::JoinHandle<std::io::Result<((), ())>>,
+}
+
+/// Starts Rialto as `config` says, with every engine and PSP time multiplied by `scale`.
+pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
+    config.validate()?;
+    let store = open_store(&config.data_dir)?;
+    let engine_config = config.engine_config(scale);
+    let mut adapters: Vec<Arc<dyn PspAdapter>> = Vec::new();
+    let mut sims = Vec::new();
+    for spec in &config.psp {
+        let (adapter, sim) = spec
+            .adapter(scale, engine_config.psp_call_timeout)
+            .map_err(anyhow::Error::msg)?;
+        adapters.push(adapter);
+        sims.extend(sim);
+    }
+    let mut builder = RialtoBuilder::new(store.clone(), adapters);
+    builder.routes = config.routes();
+    builder.config = engine_config;
+    let engine = Arc::new(builder.start().await.map_err(anyhow::Error::msg)?);
+    let state = rialto_api::AppState::new(engine.clone(), config.api_config(scale));
+
+    let api = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let ops = tokio::net::TcpListener::bind(config.ops_listen)
+        .await
+        .with_context(|| format!("binding {}", config.ops_listen))?;
+    let (api_addr, ops_addr) = (api.local_addr()?, ops.local_addr()?);
+    let (stop, stopped) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        // A closed channel means we are stopping anyway.
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let api_server = axum::serve(api, rialto_api::merchant_router(state.clone()))
+        .with_graceful_shutdown(wait(stopped.clone()));
+    let ops_server =
+        axum::serve(ops, rialto_api::ops_router(state)).with_graceful_shutdown(wait(stopped));
+    let servers = tokio::spawn(async move {
+        tokio::try_join!(api_server.into_future(), ops_server.into_future())
+    });
+    Ok(Running {
+        api_addr,
+        ops_addr,
+        store,
+        sims,
+        engine,
+        stop,
+        servers,
+    })
+}
+
+impl Running {
+    /// Stops accepting requests, lets running ones finish, then stops the actor tree.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true); // Receivers live in the servers until they finish.
+        self.servers.await.context("server task")??;
+        if let Ok(engine) = Arc::try_unwrap(self.engine) {
+            engine.shutdown().await;
+        }
+        Ok(())
+    }
+}
