@@ -39,11 +39,11 @@ pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
     let mut adapters: Vec<Arc<dyn PspAdapter>> = Vec::new();
     let mut sims = Vec::new();
     for spec in &config.psp {
-        let (adapter, sim) = spec
+        let built = spec
             .adapter(scale, engine_config.psp_call_timeout)
             .map_err(anyhow::Error::msg)?;
-        adapters.push(adapter);
-        sims.extend(sim);
+        adapters.push(built.adapter);
+        sims.extend(built.sim);
     }
     let mut builder = RialtoBuilder::new(store.clone(), adapters);
     builder.routes = config.routes();

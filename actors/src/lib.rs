@@ -155,10 +155,19 @@ pub enum CommandError {
     ShuttingDown,
 }
 
+/// Where a payment actor consults the fault injector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// A transition was committed durably.
+    Committed,
+    /// A PSP answered the pending operation, and nothing of the answer is stored yet.
+    PspAnswered,
+}
+
 /// Test-only fault injection: lets a test crash a payment actor at a chosen point.
 pub trait FaultInjector: Send + Sync + 'static {
-    /// Called after each successful commit; returning true panics the payment actor.
-    fn panic_after_commit(&self, payment: &Payment) -> bool;
+    /// Returning true panics the payment actor right there.
+    fn panic_at(&self, payment: &Payment, point: FaultPoint) -> bool;
 }
 
 pub struct SystemClock;

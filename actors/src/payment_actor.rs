@@ -18,7 +18,7 @@ use rialto_persistence::{Commit, IdempotencyRecord, IdempotencyWrite, StoreError
 
 use crate::psp::{OperationStatus, PspOutcome, PspRequest};
 use crate::psp_supervisor::{PspAnswer, PspCall, PspMsg};
-use crate::{CommandError, CreatePayment, Deps, IdempotencySpec};
+use crate::{CommandError, CreatePayment, Deps, FaultPoint, IdempotencySpec};
 
 /// What a merchant (or recovery) asked for.
 pub enum Command {
@@ -102,6 +102,7 @@ impl Actor for PaymentActor {
                 payment_id: job.payment_id.clone(),
                 idempotency: job.idempotency,
                 reply: job.reply,
+                deferred: Vec::new(),
             }
             .run(job.merchant_id, job.command)
             .await;
@@ -116,6 +117,9 @@ struct Driver {
     payment_id: String,
     idempotency: Option<IdempotencySpec>,
     reply: Option<JobReply>,
+    /// Events applied but not yet committed (see `Payment::may_defer_commit`); they go out
+    /// with the next commit.
+    deferred: Vec<Event>,
 }
 
 /// How a PSP's answer moves the payment on.
@@ -194,6 +198,7 @@ impl Driver {
             let resolution = match &effect {
                 Effect::Call(op) => {
                     let outcome = self.call_psp(&p, op).await;
+                    self.fault(&p, FaultPoint::PspAnswered);
                     Resolution::Events(events_for_outcome(&p, op, outcome))
                 }
                 Effect::Query(op) => {
@@ -218,6 +223,7 @@ impl Driver {
                         unreachable!("only a query can find the operation missing")
                     };
                     let outcome = self.call_psp(&p, op).await;
+                    self.fault(&p, FaultPoint::PspAnswered);
                     events_for_outcome(&p, op, outcome)
                 }
             };
@@ -232,7 +238,20 @@ impl Driver {
         }
     }
 
-    /// Applies the events (plus automatic capture's follow-up) and commits them as one.
+    fn fault(&self, p: &Payment, point: FaultPoint) {
+        if let Some(faults) = &self.deps.faults
+            && faults.panic_at(p, point)
+        {
+            panic!(
+                "injected fault at {point:?} for {} ({})",
+                p.id,
+                p.status.as_str()
+            );
+        }
+    }
+
+    /// Applies the events (plus automatic capture's follow-up) and commits them as one, unless
+    /// the engine says this step may ride along with the next commit.
     async fn transition(
         &mut self,
         p: &Payment,
@@ -251,6 +270,10 @@ impl Driver {
                 next = apply(&next, &follow, now)?.payment;
                 all.push(follow);
             }
+        }
+        if entry.is_none() && p.may_defer_commit(&next) {
+            self.deferred.extend(all);
+            return Ok(next);
         }
         self.commit(next, all, entry).await
     }
@@ -284,11 +307,13 @@ impl Driver {
         let completes = idempotency
             .as_ref()
             .is_some_and(|w| w.record.response.is_some());
+        let mut all = std::mem::take(&mut self.deferred);
+        all.extend(events);
         self.deps
             .store
             .commit(Commit {
                 payment: payment.clone(),
-                events,
+                events: all,
                 entry,
                 idempotency,
                 at_ms: now,
@@ -305,15 +330,7 @@ impl Driver {
                 self.idempotency = None;
             }
         }
-        if let Some(faults) = &self.deps.faults
-            && faults.panic_after_commit(&payment)
-        {
-            panic!(
-                "injected fault after committing {} at {}",
-                payment.id,
-                payment.status.as_str()
-            );
-        }
+        self.fault(&payment, FaultPoint::Committed);
         Ok(payment)
     }
 

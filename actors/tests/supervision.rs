@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rialto_actors::psp::PspAdapter;
-use rialto_actors::{CommandError, CreatePayment, FaultInjector, Rialto, RialtoBuilder};
+use rialto_actors::{
+    CommandError, CreatePayment, FaultInjector, FaultPoint, Rialto, RialtoBuilder,
+};
 use rialto_engine::{CaptureMethod, Currency, Money, Payment, Status};
 use rialto_persistence::{RedbStore, Store, StoreOptions};
 use rialto_sim::{SimConfig, SimPsp};
@@ -17,8 +19,10 @@ fn sims() -> Vec<Arc<dyn PspAdapter>> {
         .into_iter()
         .map(|id| {
             let config = SimConfig {
-                latency: Duration::from_millis(1),
-                latency_jitter: Duration::from_millis(2),
+                latency: rialto_sim::Latency::Uniform {
+                    min: Duration::from_millis(1),
+                    max: Duration::from_millis(1 + 2),
+                },
                 hang: Duration::from_secs(30),
                 ..SimConfig::new(id)
             };
@@ -152,16 +156,18 @@ async fn payments_reach_their_outcomes_and_timeouts_resolve_by_status_query() {
     engine.shutdown().await;
 }
 
-/// Panics in the payment actor for one payment, once, right after its authorization commit.
+/// Panics in the payment actor for one payment, once, right after the PSP approved its
+/// authorization and before anything of that answer is stored: the most awkward moment.
 struct CrashOnce {
     reference: &'static str,
     fired: AtomicUsize,
 }
 
 impl FaultInjector for CrashOnce {
-    fn panic_after_commit(&self, p: &Payment) -> bool {
-        p.merchant_reference.as_deref() == Some(self.reference)
-            && p.status == Status::Capturing
+    fn panic_at(&self, p: &Payment, point: FaultPoint) -> bool {
+        point == FaultPoint::PspAnswered
+            && p.merchant_reference.as_deref() == Some(self.reference)
+            && p.status == Status::Authorizing
             && self.fired.fetch_add(1, Ordering::SeqCst) == 0
     }
 }
@@ -243,13 +249,15 @@ async fn a_crashing_psp_adapter_harms_no_other_payment_or_psp() {
     assert!(store.ledger_check().await.unwrap().balanced());
 }
 
-/// Panics for one payment once capture is requested; with no restarts allowed, the payment
-/// stays in flight in the store.
+/// Panics for one payment once its manual capture request is committed; with no restarts
+/// allowed, the payment stays in flight in the store with its capture pending.
 struct AlwaysCrash;
 
 impl FaultInjector for AlwaysCrash {
-    fn panic_after_commit(&self, p: &Payment) -> bool {
-        p.merchant_reference.as_deref() == Some("stuck") && p.status == Status::Capturing
+    fn panic_at(&self, p: &Payment, point: FaultPoint) -> bool {
+        point == FaultPoint::Committed
+            && p.merchant_reference.as_deref() == Some("stuck")
+            && p.status == Status::Capturing
     }
 }
 
@@ -258,11 +266,14 @@ async fn a_restarted_engine_resumes_payments_left_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let engine = start_with(store.clone(), Some(Arc::new(AlwaysCrash)), 0).await;
-    let stuck = engine
-        .create_payment(create("pm_sim_approve", "stuck"), None)
-        .await;
+    let manual = CreatePayment {
+        capture_method: CaptureMethod::Manual,
+        ..create("pm_sim_approve", "stuck")
+    };
+    let p = engine.create_payment(manual, None).await.unwrap();
+    assert_eq!(p.status, Status::Authorized);
+    let stuck = engine.capture("mer_1", &p.id, None, None).await;
     assert_eq!(stuck, Err(CommandError::Interrupted));
-    let p = payment_by_reference(&store, "stuck").await;
     // Restarts are bounded (here: none), so the payment is left in flight, capture pending.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let p = store.payment(&p.id).await.unwrap().unwrap();

@@ -29,8 +29,7 @@ async fn server() -> Server {
         .into_iter()
         .map(|id| {
             let config = SimConfig {
-                latency: Duration::from_millis(1),
-                latency_jitter: Duration::ZERO,
+                latency: rialto_sim::Latency::Fixed(Duration::from_millis(1)),
                 ..SimConfig::new(id)
             };
             Arc::new(SimPsp::new(config)) as Arc<dyn PspAdapter>

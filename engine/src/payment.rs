@@ -437,6 +437,29 @@ impl Payment {
         })
     }
 
+    /// Whether the step from `self` to `next` may go unrecorded until the next commit. True
+    /// only for an approved authorization that automatic capture follows: after a crash the
+    /// stored `authorizing` payment is settled by asking the PSP about the authorization, which
+    /// re-derives the capture request, and the capture itself is sent with the payment's one
+    /// capture key, so a PSP that already captured answers with that capture instead of
+    /// capturing again. Skipping this commit saves one durable write per payment.
+    pub fn may_defer_commit(&self, next: &Payment) -> bool {
+        matches!(
+            &self.pending,
+            Some(Pending {
+                op: PspOp::Authorize,
+                ..
+            })
+        ) && next.capture_method == CaptureMethod::Automatic
+            && matches!(
+                &next.pending,
+                Some(Pending {
+                    op: PspOp::Capture { .. },
+                    outcome_unknown: false
+                })
+            )
+    }
+
     fn status_after_refunds(&self) -> Status {
         if self.amount_refunded_minor == 0 {
             Status::Captured
@@ -812,6 +835,43 @@ mod tests {
             0
         );
         assert!(t.effects.is_empty());
+    }
+
+    #[test]
+    fn only_the_automatic_capture_request_may_skip_its_commit() {
+        let authorizing = new_payment(CaptureMethod::Automatic);
+        let authorized = step(
+            &authorizing,
+            &Event::Authorized {
+                psp_reference: "r".into(),
+            },
+        );
+        let capturing = step(&authorized, &authorized.follow_up().unwrap());
+        assert!(authorizing.may_defer_commit(&capturing));
+        let captured = step(&capturing, &Event::Captured { fee_minor: 0 });
+        assert!(
+            !capturing.may_defer_commit(&captured),
+            "a capture result is always committed"
+        );
+        let manual = new_payment(CaptureMethod::Manual);
+        let manual_authorized = step(
+            &manual,
+            &Event::Authorized {
+                psp_reference: "r".into(),
+            },
+        );
+        assert!(
+            !manual.may_defer_commit(&manual_authorized),
+            "the merchant's answer rests on it"
+        );
+        let declined = step(
+            &authorizing,
+            &Event::AuthorizeDeclined {
+                code: "x".into(),
+                message: "y".into(),
+            },
+        );
+        assert!(!authorizing.may_defer_commit(&declined));
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct StoreOptions {
     pub batch_max: usize,
     /// Most commits waiting for the writer; past it, commits are refused, not queued.
     pub queue_max: usize,
+    /// redb's page cache (its default is 1 GiB, more than a payment engine should take).
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -67,6 +69,7 @@ impl Default for StoreOptions {
         StoreOptions {
             batch_max: 2_048,
             queue_max: 65_536,
+            cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -94,7 +97,10 @@ impl RedbStore {
     pub fn open(dir: &Path, options: StoreOptions) -> Result<RedbStore, StoreError> {
         assert!(options.batch_max >= 1 && options.queue_max >= options.batch_max);
         std::fs::create_dir_all(dir).map_err(io)?;
-        let db = Database::create(dir.join("rialto.redb")).map_err(io)?;
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(dir.join("rialto.redb"))
+            .map_err(io)?;
         let txn = db.begin_write().map_err(io)?;
         {
             // Creating every table up front lets readers open them without special cases.
@@ -156,6 +162,17 @@ impl Drop for RedbStore {
 }
 
 fn run_writer(db: &Database, rx: &Receiver<Write>, batch_max: usize) {
+    // The last outbox sequence number, read once; the writer is its only owner.
+    let mut outbox_seq = match read_outbox_seq(db) {
+        Ok(seq) => seq,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the outbox sequence; refusing writes");
+            for w in rx.iter() {
+                reply(w, Err(e.clone()));
+            }
+            return;
+        }
+    };
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::with_capacity(64);
         batch.push(first);
@@ -167,7 +184,7 @@ fn run_writer(db: &Database, rx: &Receiver<Write>, batch_max: usize) {
         }
         let started = Instant::now();
         let size = batch.len();
-        match write_batch(db, &batch) {
+        match write_batch(db, &batch, &mut outbox_seq) {
             Ok(results) => {
                 for (w, result) in batch.into_iter().zip(results) {
                     reply(w, result);
@@ -183,6 +200,12 @@ fn run_writer(db: &Database, rx: &Receiver<Write>, batch_max: usize) {
         metrics::histogram!("rialto_store_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("rialto_store_batch_size").record(size as f64);
     }
+}
+
+fn read_outbox_seq(db: &Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read().map_err(io)?;
+    let meta = txn.open_table(META).map_err(io)?;
+    Ok(meta.get(OUTBOX_SEQ).map_err(io)?.map_or(0, |v| v.value()))
 }
 
 fn reply(w: Write, result: Result<(), StoreError>) {
@@ -228,14 +251,19 @@ impl<'t> Tables<'t> {
 
 /// Applies a batch in one durable transaction. The outer error aborts the whole batch; the
 /// inner results are each commit's own verdict.
-fn write_batch(db: &Database, batch: &[Write]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+fn write_batch(
+    db: &Database,
+    batch: &[Write],
+    outbox_seq: &mut u64,
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let txn = db.begin_write().map_err(io)?;
     let mut results = Vec::with_capacity(batch.len());
+    let mut seq = *outbox_seq;
     {
         let mut t = Tables::open(&txn).map_err(io)?;
         for w in batch {
             let verdict = match w {
-                Write::Commit(c, _) => apply_commit(&mut t, c)?,
+                Write::Commit(c, _) => apply_commit(&mut t, c, &mut seq)?,
                 Write::Merchant(m, _) => apply_merchant(&mut t, m)?,
                 Write::Probe(_) => {
                     let n = t
@@ -249,14 +277,21 @@ fn write_batch(db: &Database, batch: &[Write]) -> Result<Vec<Result<(), StoreErr
             };
             results.push(verdict);
         }
+        t.meta.insert(OUTBOX_SEQ, seq).map_err(io)?;
     }
     txn.commit().map_err(io)?;
+    // Only a durable batch advances the sequence; a failed one leaves it for the retry.
+    *outbox_seq = seq;
     Ok(results)
 }
 
 /// Validates one commit against what is stored (and earlier commits of this batch), then
 /// writes it. Returns `Ok(Err(_))` for a refused commit, which has written nothing.
-fn apply_commit(t: &mut Tables<'_>, c: &Commit) -> Result<Result<(), StoreError>, StoreError> {
+fn apply_commit(
+    t: &mut Tables<'_>,
+    c: &Commit,
+    outbox_seq: &mut u64,
+) -> Result<Result<(), StoreError>, StoreError> {
     let p = &c.payment;
     let events = c.events.len() as u64;
     assert!(events >= 1, "a commit records at least one event");
@@ -264,11 +299,11 @@ fn apply_commit(t: &mut Tables<'_>, c: &Commit) -> Result<Result<(), StoreError>
         .version
         .checked_sub(events)
         .expect("version counts events");
-    let previous: Option<Payment> = match t.payments.get(p.id.as_str()).map_err(io)? {
-        Some(bytes) => Some(rows::decode::<PaymentRow>(bytes.value())?.try_into()?),
+    let previous: Option<(u64, Option<i64>)> = match t.payments.get(p.id.as_str()).map_err(io)? {
+        Some(bytes) => Some(payment_header(bytes.value())?),
         None => None,
     };
-    let found = previous.as_ref().map_or(0, |x| x.version);
+    let found = previous.map_or(0, |(version, _)| version);
     if found != expected {
         return Ok(Err(StoreError::VersionConflict {
             payment_id: p.id.clone(),
@@ -328,14 +363,13 @@ fn apply_commit(t: &mut Tables<'_>, c: &Commit) -> Result<Result<(), StoreError>
     // Validated: from here on only storage errors can stop the write, and they abort the batch.
     let id = p.id.as_str();
     t.payments
-        .insert(id, rows::encode(&PaymentRow::from(p)).as_slice())
+        .insert(id, encode_payment(p).as_slice())
         .map_err(io)?;
     if previous.is_none() {
         t.merchant_payments
             .insert((p.merchant_id.as_str(), id), ())
             .map_err(io)?;
     }
-    let mut outbox_seq = t.meta.get(OUTBOX_SEQ).map_err(io)?.map_or(0, |v| v.value());
     for (i, event) in c.events.iter().enumerate() {
         let seq = expected + 1 + i as u64;
         t.events
@@ -344,10 +378,9 @@ fn apply_commit(t: &mut Tables<'_>, c: &Commit) -> Result<Result<(), StoreError>
                 rows::encode(&EventRow::new(event, c.at_ms)).as_slice(),
             )
             .map_err(io)?;
-        outbox_seq += 1;
-        t.outbox.insert(outbox_seq, (id, seq)).map_err(io)?;
+        *outbox_seq += 1;
+        t.outbox.insert(*outbox_seq, (id, seq)).map_err(io)?;
     }
-    t.meta.insert(OUTBOX_SEQ, outbox_seq).map_err(io)?;
     if let Some(entry) = &c.entry {
         t.entries
             .insert(
@@ -374,7 +407,7 @@ fn apply_commit(t: &mut Tables<'_>, c: &Commit) -> Result<Result<(), StoreError>
     } else {
         t.in_flight.remove(id).map_err(io)?;
     }
-    if let Some(expires) = previous.as_ref().and_then(awaiting_capture) {
+    if let Some(expires) = previous.and_then(|(_, expiry)| expiry) {
         t.authorized.remove((expires, id)).map_err(io)?;
     }
     if let Some(expires) = awaiting_capture(p) {
@@ -410,12 +443,51 @@ fn apply_merchant(t: &mut Tables<'_>, m: &Merchant) -> Result<Result<(), StoreEr
     Ok(Ok(()))
 }
 
+/// A stored payment is a 16-byte header — its version and, if it awaits a manual capture,
+/// its authorization expiry — then the encoded row. The writer checks versions and keeps the
+/// expiry index from the header alone, without decoding the row.
+const HEADER_BYTES: usize = 16;
+const NOT_AWAITING: i64 = i64::MIN;
+
+fn encode_payment(p: &Payment) -> Vec<u8> {
+    let row = rows::encode(&PaymentRow::from(p));
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + row.len());
+    bytes.extend_from_slice(&p.version.to_le_bytes());
+    bytes.extend_from_slice(&awaiting_capture(p).unwrap_or(NOT_AWAITING).to_le_bytes());
+    bytes.extend_from_slice(&row);
+    bytes
+}
+
+/// (version, expiry of an authorization awaiting capture) from a stored payment's header.
+fn payment_header(bytes: &[u8]) -> Result<(u64, Option<i64>), StoreError> {
+    let header: &[u8; HEADER_BYTES] = bytes
+        .get(..HEADER_BYTES)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| StoreError::Corrupt("payment value shorter than its header".into()))?;
+    let (version, expiry) = header.split_at(8);
+    let version = u64::from_le_bytes(version.try_into().expect("8 bytes"));
+    let expiry = i64::from_le_bytes(expiry.try_into().expect("8 bytes"));
+    Ok((version, (expiry != NOT_AWAITING).then_some(expiry)))
+}
+
+fn decode_payment(bytes: &[u8]) -> Result<Payment, StoreError> {
+    let (version, _) = payment_header(bytes)?;
+    let p: Payment = rows::decode::<PaymentRow>(&bytes[HEADER_BYTES..])?.try_into()?;
+    if p.version != version {
+        return Err(StoreError::Corrupt(format!(
+            "payment {} header disagrees with its row",
+            p.id
+        )));
+    }
+    Ok(p)
+}
+
 fn read_payment(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     id: &str,
 ) -> Result<Option<Payment>, StoreError> {
     match table.get(id).map_err(io)? {
-        Some(bytes) => Ok(Some(rows::decode::<PaymentRow>(bytes.value())?.try_into()?)),
+        Some(bytes) => Ok(Some(decode_payment(bytes.value())?)),
         None => Ok(None),
     }
 }
@@ -572,8 +644,7 @@ impl Store for RedbStore {
         }
         for kv in txn.open_table(PAYMENTS).map_err(io)?.iter().map_err(io)? {
             let (_, v) = kv.map_err(io)?;
-            let p: Payment = rows::decode::<PaymentRow>(v.value())?.try_into()?;
-            audit.payment(&p);
+            audit.payment(&decode_payment(v.value())?);
         }
         let (entries, postings, payments) = (audit.entries, audit.postings, audit.payments);
         let (problems, totals) = audit.problems();

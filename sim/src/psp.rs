@@ -513,10 +513,8 @@ mod tests {
     async fn outcomes(psp: &SimPsp, n: usize) -> [u32; 4] {
         let mut counts = [0u32; 4];
         for i in 0..n {
-            let call = tokio::time::timeout(
-                Duration::from_millis(20),
-                psp.authorize(&req(&format!("k{i}"), "pm_card")),
-            );
+            let request = req(&format!("k{i}"), "pm_card");
+            let call = tokio::time::timeout(Duration::from_millis(20), psp.authorize(&request));
             let slot = match call.await {
                 Ok(PspOutcome::Approved { .. }) => 0,
                 Ok(PspOutcome::HardDecline { .. }) => 1,

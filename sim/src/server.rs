@@ -48,25 +48,30 @@ fn answer(
     .into_response()
 }
 
-/// Checks the signature and extracts the idempotency key.
+/// Checks the signature and extracts the idempotency key; the error is the refusal to send.
 fn authenticate(
     served: &Served,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<String, Response> {
+) -> Result<String, (StatusCode, String)> {
     let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
     let secrets: Vec<&[u8]> = served.secrets.iter().map(Vec::as_slice).collect();
     if let Err(e) = verify(&secrets, signature, method.as_str(), uri.path(), body) {
-        return Err(error(StatusCode::UNAUTHORIZED, &e.to_string()));
+        return Err((StatusCode::UNAUTHORIZED, e.to_string()));
     }
     headers
         .get(IDEMPOTENCY_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|k| !k.is_empty() && k.len() <= 255)
         .map(str::to_string)
-        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "Idempotency-Key is required"))
+        .ok_or_else(|| {
+            (
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key is required".into(),
+            )
+        })
 }
 
 async fn operate(
@@ -79,7 +84,7 @@ async fn operate(
 ) -> Response {
     let key = match authenticate(&served, &method, &uri, &headers, &body) {
         Ok(key) => key,
-        Err(response) => return response,
+        Err((status, message)) => return error(status, &message),
     };
     let Ok(req) = serde_json::from_slice::<OperationRequest>(&body) else {
         return error(StatusCode::BAD_REQUEST, "malformed operation request");
@@ -120,8 +125,8 @@ async fn status(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = authenticate(&served, &method, &uri, &headers, b"") {
-        return response;
+    if let Err((status, message)) = authenticate(&served, &method, &uri, &headers, b"") {
+        return error(status, &message);
     }
     let query = PspRequest {
         idempotency_key: key,

@@ -107,6 +107,12 @@ impl Default for PspSpec {
     }
 }
 
+/// A PSP ready for the engine, and its simulator when it is one (for its counters).
+pub struct BuiltPsp {
+    pub adapter: Arc<dyn PspAdapter>,
+    pub sim: Option<Arc<SimPsp>>,
+}
+
 impl PspSpec {
     pub fn named(id: &str) -> PspSpec {
         PspSpec {
@@ -203,29 +209,24 @@ impl PspSpec {
 
     /// The adapter Rialto uses for this PSP: an in-process simulator (times scaled by `scale`)
     /// or the HTTP adapter.
-    pub fn adapter(
-        &self,
-        scale: f64,
-        call_timeout: Duration,
-    ) -> Result<(Arc<dyn PspAdapter>, Option<Arc<SimPsp>>), String> {
+    pub fn adapter(&self, scale: f64, call_timeout: Duration) -> Result<BuiltPsp, String> {
         self.validate()?;
         match self.kind {
             PspKind::Sim => {
                 let sim = Arc::new(SimPsp::new(self.sim_config(scale)?));
-                Ok((sim.clone(), Some(sim)))
+                Ok(BuiltPsp {
+                    adapter: sim.clone(),
+                    sim: Some(sim),
+                })
             }
             PspKind::Http => {
                 let url = self.url.as_deref().unwrap_or_default();
                 let secret = self.secret.as_deref().unwrap_or_default();
-                Ok((
-                    Arc::new(HttpPsp::new(
-                        &self.id,
-                        url,
-                        secret.as_bytes(),
-                        call_timeout,
-                    )?),
-                    None,
-                ))
+                let http = HttpPsp::new(&self.id, url, secret.as_bytes(), call_timeout)?;
+                Ok(BuiltPsp {
+                    adapter: Arc::new(http),
+                    sim: None,
+                })
             }
         }
     }

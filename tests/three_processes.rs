@@ -1,0 +1,162 @@
+//! Three processes on loopback: `rialto psp-sim` serves a PSP over HTTP, `rialto serve` uses
+//! it through the HTTP adapter (signed calls), and `rialto sim --target` drives the server.
+//! The payments go end to end and the ledger balances.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rialto");
+
+/// Spawns `rialto` and returns it once it prints the line starting with `prefix`, with the
+/// first URL on that line.
+async fn spawn(args: &[&str], prefix: &str) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn rialto");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with(prefix) {
+                return line
+                    .split_whitespace()
+                    .find(|w| w.starts_with("http://"))
+                    .unwrap()
+                    .to_string();
+            }
+        }
+        panic!("rialto {args:?} exited before printing {prefix:?}");
+    })
+    .await
+    .expect("started within 30 s");
+    (child, url)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psp_sim_serve_and_sim_target_work_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let psp_config = write(
+        dir.path(),
+        "psp.toml",
+        "[psp]\nid = \"remote\"\nsecret = \"loopback-secret\"\nlatency = { kind = \"fixed\", ms = 2 }\n",
+    );
+    let (mut psp, psp_url) = spawn(
+        &[
+            "psp-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            &psp_config,
+        ],
+        "psp-sim listening",
+    )
+    .await;
+
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let created = std::process::Command::new(BIN)
+        .args(["merchant", "create", "--name", "e2e", "--data-dir", data])
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let key = String::from_utf8(created.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let serve_config = write(
+        dir.path(),
+        "rialto.toml",
+        &format!(
+            "[engine]\npsp_call_timeout_ms = 2000\n\n[[psp]]\nid = \"remote\"\nkind = \"http\"\nurl = \"{psp_url}\"\nsecret = \"loopback-secret\"\n"
+        ),
+    );
+    let (mut serve, api_url) = spawn(
+        &[
+            "serve",
+            "--config",
+            &serve_config,
+            "--data-dir",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+        ],
+        "rialto listening",
+    )
+    .await;
+
+    let report_dir = dir.path().join("report");
+    let sim = Command::new(BIN)
+        .args([
+            "sim",
+            "--scenario",
+            "max-throughput",
+            "--duration-scale",
+            "0.02",
+            "--quiet",
+            "--target",
+            &api_url,
+            "--report",
+        ])
+        .arg(&report_dir)
+        .env("RIALTO_API_KEY", &key)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&sim.stdout);
+    assert!(
+        sim.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    let payments = report["payments"].as_u64().unwrap();
+    assert!(payments > 50, "{report}");
+    assert_eq!(
+        report["outcomes"]["captured"].as_u64(),
+        Some(payments),
+        "{}",
+        report["outcomes"]
+    );
+    assert_eq!(
+        report["psps"]["remote"]["payments"].as_u64(),
+        Some(payments),
+        "every payment went through the HTTP PSP"
+    );
+    assert_eq!(
+        report["ledger_balanced"],
+        Value::Null,
+        "a remote target's ledger is checked offline, below"
+    );
+
+    serve.start_kill().unwrap();
+    serve.wait().await.unwrap();
+    psp.start_kill().unwrap();
+    psp.wait().await.unwrap();
+    let check = std::process::Command::new(BIN)
+        .args(["ledger", "check", "--data-dir", data])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("journal entries: {payments}")),
+        "{text}"
+    );
+}
