@@ -11,6 +11,8 @@ use serde::Deserialize;
 use rialto_actors::{EngineConfig, PspRoute};
 use rialto_sim::spec::PspSpec;
 
+const SCALED_GATEWAY_FLOOR: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -132,12 +134,15 @@ impl Config {
         }
     }
 
+    /// The API's settings. A scaled run keeps the gateway deadline at least
+    /// `SCALED_GATEWAY_FLOOR`: fsync stalls and scheduling do not shrink with a scenario, and a
+    /// 600 ms deadline (30 s × 0.02) would time out requests that are merely unlucky.
     pub fn api_config(&self, scale: f64) -> rialto_api::ApiConfig {
+        let configured = Duration::from_millis(self.api.request_timeout_ms);
+        let scaled = configured.mul_f64(scale);
         rialto_api::ApiConfig {
             body_bytes_max: self.api.body_bytes_max,
-            request_timeout: Duration::from_secs_f64(
-                self.api.request_timeout_ms as f64 / 1_000.0 * scale,
-            ),
+            request_timeout: scaled.max(configured.min(SCALED_GATEWAY_FLOOR)),
         }
     }
 

@@ -119,24 +119,21 @@ fn seed_profile_has_its_mix_of_captures_refunds_and_declines() {
 fn latency_spike_slows_one_psp_without_losing_payments() {
     let dir = tempfile::tempdir().unwrap();
     let r = run("latency-spike", dir.path());
-    let payments = r["payments"].as_u64().unwrap();
-    // The spike (12 s scaled to 240 ms per call) shows in the tail latency.
+    // The spike (12 s scaled to 240 ms per call) shows in the tail latency, and every payment
+    // still goes through: slow, not lost.
     assert!(
         r["latency_ms"]["max"].as_f64().unwrap() >= 200.0,
         "{}",
         r["latency_ms"]
     );
-    // Without a breaker to route around it (a later issue), payments on the slow PSP take two
-    // slow calls and some hit the gateway deadline; nothing else goes wrong.
-    let captured = count(&r, "captured");
-    assert_eq!(
-        captured + count(&r, "http_504"),
-        payments,
+    assert!(
+        r["success_rate"].as_f64().unwrap() >= 0.99,
         "{}",
         r["outcomes"]
     );
-    assert!(
-        captured as f64 >= 0.95 * payments as f64,
+    assert_eq!(
+        count(&r, "captured"),
+        r["payments"].as_u64().unwrap(),
         "{}",
         r["outcomes"]
     );
