@@ -24,6 +24,11 @@ use rialto_sim::spec::PspSpec;
 
 use crate::config::Config;
 
+/// glibc's allocator spends a sixth of a payment's CPU under load (profiled with perf);
+/// mimalloc's per-thread heaps remove most of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "rialto",

@@ -9,6 +9,7 @@
 //! written; a storage error fails the whole batch. Reads use their own MVCC read
 //! transactions and never wait for the writer.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -31,9 +32,10 @@ const PAYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("payments");
 /// (merchant id, payment id): listing a merchant's payments in id (= time) order.
 const MERCHANT_PAYMENTS: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("merchant_payments");
-/// (payment id, seq): the payment's event log.
+/// (payment id, seq of the commit's first event) → the events of one commit, in order.
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
-/// Global event order for consumers (notifications, read models): seq → (payment id, seq).
+/// Global commit order for consumers (notifications, read models):
+/// outbox seq → (payment id, seq of the commit's first event).
 const OUTBOX: TableDefinition<u64, (&str, u64)> = TableDefinition::new("outbox");
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("journal_entries");
 /// (account, currency) → balance in minor units.
@@ -161,6 +163,30 @@ impl Drop for RedbStore {
     }
 }
 
+/// What one batch accumulates before it is written: balances are summed across the batch's
+/// commits and each touched balance is written once, however many captures hit it.
+struct BatchState {
+    outbox_seq: u64,
+    balances: HashMap<(String, &'static str), i64>,
+}
+
+impl BatchState {
+    fn balance(
+        &mut self,
+        t: &Tables<'_>,
+        account: &str,
+        currency: &'static str,
+    ) -> Result<i64, StoreError> {
+        if let Some(b) = self.balances.get(&(account.to_string(), currency)) {
+            return Ok(*b);
+        }
+        Ok(t.balances
+            .get((account, currency))
+            .map_err(io)?
+            .map_or(0, |v| v.value()))
+    }
+}
+
 fn run_writer(db: &Database, rx: &Receiver<Write>, batch_max: usize) {
     // The last outbox sequence number, read once; the writer is its only owner.
     let mut outbox_seq = match read_outbox_seq(db) {
@@ -258,12 +284,15 @@ fn write_batch(
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let txn = db.begin_write().map_err(io)?;
     let mut results = Vec::with_capacity(batch.len());
-    let mut seq = *outbox_seq;
+    let mut state = BatchState {
+        outbox_seq: *outbox_seq,
+        balances: HashMap::new(),
+    };
     {
         let mut t = Tables::open(&txn).map_err(io)?;
         for w in batch {
             let verdict = match w {
-                Write::Commit(c, _) => apply_commit(&mut t, c, &mut seq)?,
+                Write::Commit(c, _) => apply_commit(&mut t, c, &mut state)?,
                 Write::Merchant(m, _) => apply_merchant(&mut t, m)?,
                 Write::Probe(_) => {
                     let n = t
@@ -277,11 +306,16 @@ fn write_batch(
             };
             results.push(verdict);
         }
-        t.meta.insert(OUTBOX_SEQ, seq).map_err(io)?;
+        for ((account, currency), balance) in &state.balances {
+            t.balances
+                .insert((account.as_str(), *currency), *balance)
+                .map_err(io)?;
+        }
+        t.meta.insert(OUTBOX_SEQ, state.outbox_seq).map_err(io)?;
     }
     txn.commit().map_err(io)?;
     // Only a durable batch advances the sequence; a failed one leaves it for the retry.
-    *outbox_seq = seq;
+    *outbox_seq = state.outbox_seq;
     Ok(results)
 }
 
@@ -290,7 +324,7 @@ fn write_batch(
 fn apply_commit(
     t: &mut Tables<'_>,
     c: &Commit,
-    outbox_seq: &mut u64,
+    batch: &mut BatchState,
 ) -> Result<Result<(), StoreError>, StoreError> {
     let p = &c.payment;
     let events = c.events.len() as u64;
@@ -346,11 +380,15 @@ fn apply_commit(
         for posting in &entry.postings {
             let account = posting.account.to_string();
             let currency = posting.currency.code();
-            let old = t
-                .balances
-                .get((account.as_str(), currency))
-                .map_err(io)?
-                .map_or(0, |v| v.value());
+            // An entry may name an account twice; build on this entry's own earlier postings.
+            let old = match new_balances
+                .iter()
+                .rev()
+                .find(|(a, c, _)| *a == account && *c == currency)
+            {
+                Some((_, _, b)) => *b,
+                None => batch.balance(t, &account, currency)?,
+            };
             let Some(new) = old.checked_add(posting.amount_minor) else {
                 return Ok(Err(StoreError::Ledger(format!(
                     "{account} {currency} overflows"
@@ -370,17 +408,15 @@ fn apply_commit(
             .insert((p.merchant_id.as_str(), id), ())
             .map_err(io)?;
     }
-    for (i, event) in c.events.iter().enumerate() {
-        let seq = expected + 1 + i as u64;
-        t.events
-            .insert(
-                (id, seq),
-                rows::encode(&EventRow::new(event, c.at_ms)).as_slice(),
-            )
-            .map_err(io)?;
-        *outbox_seq += 1;
-        t.outbox.insert(*outbox_seq, (id, seq)).map_err(io)?;
-    }
+    let first_seq = expected + 1;
+    let event_rows: Vec<EventRow> = c.events.iter().map(|e| EventRow::new(e, c.at_ms)).collect();
+    t.events
+        .insert((id, first_seq), rows::encode(&event_rows).as_slice())
+        .map_err(io)?;
+    batch.outbox_seq += 1;
+    t.outbox
+        .insert(batch.outbox_seq, (id, first_seq))
+        .map_err(io)?;
     if let Some(entry) = &c.entry {
         t.entries
             .insert(
@@ -388,10 +424,8 @@ fn apply_commit(
                 rows::encode(&EntryRow::new(entry, c.at_ms)).as_slice(),
             )
             .map_err(io)?;
-        for (account, currency, balance) in &new_balances {
-            t.balances
-                .insert((account.as_str(), *currency), *balance)
-                .map_err(io)?;
+        for (account, currency, balance) in new_balances {
+            batch.balances.insert((account, currency), balance);
         }
     }
     if let Some(w) = &c.idempotency {
@@ -569,9 +603,16 @@ impl Store for RedbStore {
             .map_err(io)?
             .map(|kv| {
                 let (k, v) = kv.map_err(io)?;
-                Ok(rows::decode::<EventRow>(v.value())?.into_recorded(k.value().1))
+                let first_seq = k.value().1;
+                let rows = rows::decode::<Vec<EventRow>>(v.value())?;
+                Ok(rows
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, row)| row.into_recorded(first_seq + i as u64))
+                    .collect::<Vec<_>>())
             })
-            .collect()
+            .collect::<Result<Vec<Vec<_>>, StoreError>>()
+            .map(|commits| commits.into_iter().flatten().collect())
     }
 
     async fn in_flight(&self) -> Result<Vec<String>, StoreError> {

@@ -64,7 +64,6 @@ struct PendingRow {
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
 enum OpRow {
     Authorize,
     Capture {
@@ -220,7 +219,6 @@ impl TryFrom<PaymentRow> for Payment {
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
 enum EventKind {
     Created,
     AuthorizeRequested,
@@ -470,11 +468,13 @@ fn hex_encode(bytes: &[u8]) -> String {
     })
 }
 
-/// Serializes a row; rows are plain data, so this cannot fail.
+/// Rows are stored in postcard, a compact binary serde format: a payment row takes about a
+/// third of its JSON size, so more rows share a page and each batch dirties fewer pages.
+/// Variants and fields are positional, so a row type's fields may only be appended to.
 pub fn encode<T: Serialize>(row: &T) -> Vec<u8> {
-    serde_json::to_vec(row).expect("rows always serialize")
+    postcard::to_stdvec(row).expect("rows always serialize")
 }
 
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
