@@ -157,3 +157,45 @@ impl Config {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented example stays a valid configuration equal to the defaults it describes.
+    #[test]
+    fn the_example_config_loads_and_matches_the_defaults() {
+        let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/rialto.example.toml"));
+        let example = Config::load(Some(&path)).expect("rialto.example.toml is valid");
+        let defaults = Config::default();
+        assert_eq!(example.listen, defaults.listen);
+        assert_eq!(example.ops_listen, defaults.ops_listen);
+        assert_eq!(example.psp, defaults.psp);
+        assert_eq!(
+            example.engine_config(1.0).psp_call_timeout,
+            defaults.engine_config(1.0).psp_call_timeout
+        );
+    }
+
+    #[test]
+    fn timeouts_must_nest_and_scaled_gateways_keep_a_floor() {
+        let mut config = Config::default();
+        config.api.request_timeout_ms = config.engine.psp_call_timeout_ms;
+        assert!(
+            config.validate().is_err(),
+            "the gateway must outlast a PSP call"
+        );
+        let config = Config::default();
+        assert_eq!(
+            config.api_config(0.02).request_timeout,
+            SCALED_GATEWAY_FLOOR
+        );
+        assert_eq!(
+            config.api_config(1.0).request_timeout,
+            Duration::from_secs(30)
+        );
+        assert!(
+            config.engine_config(0.02).psp_call_timeout < config.api_config(0.02).request_timeout
+        );
+    }
+}

@@ -121,8 +121,36 @@ enum LedgerCommand {
     },
 }
 
+/// Lets this process hold as many sockets as the system allows: a payment server (or the load
+/// generator, with thousands of requests in flight) runs out of descriptors long before memory.
+#[cfg(unix)]
+fn raise_fd_limit() {
+    const WANTED: libc::rlim_t = 1 << 20;
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        // Raising the hard limit needs privileges; if it fails, settle for the hard limit.
+        let raised = libc::rlimit {
+            rlim_cur: WANTED,
+            rlim_max: WANTED.max(limit.rlim_max),
+        };
+        if limit.rlim_cur < WANTED && libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit); // Best effort.
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(unix)]
+    raise_fd_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -308,6 +336,7 @@ async fn simulate(
                 .status_query_attempts_max
                 .unwrap_or(e.status_query_attempts_max);
             e.sweep_interval_ms = o.sweep_interval_ms.unwrap_or(e.sweep_interval_ms);
+            e.psp_inflight_max = o.psp_inflight_max.unwrap_or(e.psp_inflight_max);
             let running = server::start(&config, options.scale).await?;
             let (_, key) = rialto_api::auth::create_merchant(
                 running.store.as_ref(),

@@ -102,6 +102,7 @@ pub struct EngineOverrides {
     pub status_query_backoff_ms: Option<u64>,
     pub status_query_attempts_max: Option<u32>,
     pub sweep_interval_ms: Option<u64>,
+    pub psp_inflight_max: Option<usize>,
 }
 
 /// The scenarios shipped with Rialto.
