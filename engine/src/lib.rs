@@ -3,10 +3,12 @@
 //! formats and no dependency on any other Rialto crate. `actors` executes what this crate
 //! decides; `persistence` stores what it produces; `api` translates to and from it.
 
+pub mod breaker;
 pub mod ledger;
 pub mod limits;
 pub mod money;
 pub mod payment;
+pub mod policy;
 pub mod routing;
 
 pub use ledger::{Account, Audit, JournalEntry, LedgerError, Posting};
