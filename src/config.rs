@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use rialto_actors::{EngineConfig, PspRoute};
+use rialto_engine::breaker::BreakerConfig;
 use rialto_sim::spec::PspSpec;
 
 const SCALED_GATEWAY_FLOOR: Duration = Duration::from_secs(2);
@@ -44,6 +45,13 @@ impl Default for Config {
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSection {
     pub psp_call_timeout_ms: u64,
+    pub service_timeout_ms: u64,
+    pub psp_queue_max: usize,
+    pub retry_attempts_max: u32,
+    pub retry_backoff_max_ms: u64,
+    pub escalate_after_ms: u64,
+    pub health_interval_ms: u64,
+    pub breaker: BreakerSection,
     pub status_query_backoff_ms: u64,
     pub status_query_attempts_max: u32,
     pub psp_inflight_max: usize,
@@ -57,12 +65,45 @@ impl Default for EngineSection {
         let d = EngineConfig::default();
         EngineSection {
             psp_call_timeout_ms: d.psp_call_timeout.as_millis() as u64,
+            service_timeout_ms: d.service_timeout.as_millis() as u64,
+            psp_queue_max: d.psp_queue_max,
+            retry_attempts_max: d.retry_attempts_max,
+            retry_backoff_max_ms: d.retry_backoff_max.as_millis() as u64,
+            escalate_after_ms: d.escalate_after.as_millis() as u64,
+            health_interval_ms: d.health_interval.as_millis() as u64,
+            breaker: BreakerSection::default(),
             status_query_backoff_ms: d.status_query_backoff.as_millis() as u64,
             status_query_attempts_max: d.status_query_attempts_max,
             psp_inflight_max: d.psp_inflight_max,
             transactions_max: d.transactions_max,
             sweep_interval_ms: d.sweep_interval.as_millis() as u64,
             authorization_ttl_s: d.authorization_ttl.as_secs(),
+        }
+    }
+}
+
+/// The circuit breaker every PSP gets (R2.1).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSection {
+    pub window_ms: u64,
+    pub min_calls: u32,
+    pub failure_rate_pct: u32,
+    pub slow_call_ms: u64,
+    pub open_ms: u64,
+    pub half_open_trials: u32,
+}
+
+impl Default for BreakerSection {
+    fn default() -> BreakerSection {
+        let d = BreakerConfig::default();
+        BreakerSection {
+            window_ms: d.window_ms,
+            min_calls: d.min_calls,
+            failure_rate_pct: d.failure_rate_pct,
+            slow_call_ms: d.slow_call_ms,
+            open_ms: d.open_ms,
+            half_open_trials: d.half_open_trials,
         }
     }
 }
@@ -110,8 +151,10 @@ impl Config {
         }
         let engine = self.engine_config(1.0);
         engine.validate().map_err(anyhow::Error::msg)?;
-        if Duration::from_millis(self.api.request_timeout_ms) <= engine.psp_call_timeout {
-            bail!("api.request_timeout_ms must exceed engine.psp_call_timeout_ms (timeouts nest)");
+        if Duration::from_millis(self.api.request_timeout_ms) <= engine.service_timeout {
+            bail!(
+                "timeouts must nest: api.request_timeout_ms > engine.service_timeout_ms > engine.psp_call_timeout_ms"
+            );
         }
         Ok(())
     }
@@ -122,8 +165,30 @@ impl Config {
         let ms = |ms: u64| {
             Duration::from_secs_f64(ms as f64 / 1_000.0 * scale).max(Duration::from_millis(1))
         };
+        let scaled = |v: u64| (v as f64 * scale).round().max(1.0) as u64;
+        let b = &e.breaker;
         EngineConfig {
             psp_call_timeout: ms(e.psp_call_timeout_ms),
+            service_timeout: ms(e.service_timeout_ms),
+            psp_queue_max: e.psp_queue_max,
+            retry_attempts_max: e.retry_attempts_max,
+            retry_backoff_max: ms(e.retry_backoff_max_ms),
+            escalate_after: ms(e.escalate_after_ms),
+            health_interval: ms(e.health_interval_ms),
+            breaker: BreakerConfig {
+                window_ms: scaled(b.window_ms).max(10),
+                min_calls: b.min_calls,
+                failure_rate_pct: b.failure_rate_pct,
+                slow_call_ms: scaled(b.slow_call_ms),
+                open_ms: scaled(b.open_ms),
+                half_open_trials: b.half_open_trials,
+            },
+            hints: rialto_engine::routing::Hints {
+                latency_p95_ms_max: scaled(
+                    rialto_engine::routing::Hints::default().latency_p95_ms_max,
+                ),
+                ..rialto_engine::routing::Hints::default()
+            },
             status_query_backoff: ms(e.status_query_backoff_ms),
             status_query_attempts_max: e.status_query_attempts_max,
             psp_inflight_max: e.psp_inflight_max,
@@ -143,6 +208,10 @@ impl Config {
         rialto_api::ApiConfig {
             body_bytes_max: self.api.body_bytes_max,
             request_timeout: scaled.max(configured.min(SCALED_GATEWAY_FLOOR)),
+            // A secret belongs in the environment, not in a config file.
+            admin_token: std::env::var("RIALTO_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| t.len() >= 16),
         }
     }
 
@@ -180,12 +249,19 @@ mod tests {
     #[test]
     fn timeouts_must_nest_and_scaled_gateways_keep_a_floor() {
         let mut config = Config::default();
-        config.api.request_timeout_ms = config.engine.psp_call_timeout_ms;
+        config.api.request_timeout_ms = config.engine.service_timeout_ms;
         assert!(
             config.validate().is_err(),
-            "the gateway must outlast a PSP call"
+            "the gateway must outlast the service"
+        );
+        let mut config = Config::default();
+        config.engine.service_timeout_ms = config.engine.psp_call_timeout_ms;
+        assert!(
+            config.validate().is_err(),
+            "the service must outlast a PSP call"
         );
         let config = Config::default();
+        assert!(config.validate().is_ok());
         assert_eq!(
             config.api_config(0.02).request_timeout,
             SCALED_GATEWAY_FLOOR
@@ -194,8 +270,8 @@ mod tests {
             config.api_config(1.0).request_timeout,
             Duration::from_secs(30)
         );
-        assert!(
-            config.engine_config(0.02).psp_call_timeout < config.api_config(0.02).request_timeout
-        );
+        let engine = config.engine_config(0.02);
+        assert!(engine.psp_call_timeout < engine.service_timeout);
+        assert!(engine.service_timeout < config.api_config(0.02).request_timeout);
     }
 }

@@ -109,6 +109,12 @@ enum MerchantCommand {
         data_dir: PathBuf,
         #[arg(long)]
         name: String,
+        /// Requests a minute this merchant may make, sustained (0: unlimited).
+        #[arg(long, default_value_t = rialto_api::auth::DEFAULT_RATE_PER_MIN)]
+        rate_per_min: u32,
+        /// Requests it may make at once before the sustained rate applies.
+        #[arg(long, default_value_t = rialto_api::auth::DEFAULT_BURST)]
+        burst: u32,
     },
 }
 
@@ -229,12 +235,26 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Merchant {
-            command: MerchantCommand::Create { data_dir, name },
+            command:
+                MerchantCommand::Create {
+                    data_dir,
+                    name,
+                    rate_per_min,
+                    burst,
+                },
         } => {
             let store = server::open_store(&data_dir)?;
-            let (merchant, key) =
-                rialto_api::auth::create_merchant(store.as_ref(), &name, SystemClock.now_ms())
-                    .await?;
+            let limit = rialto_api::auth::RateLimit {
+                per_min: rate_per_min,
+                burst,
+            };
+            let (merchant, key) = rialto_api::auth::create_merchant(
+                store.as_ref(),
+                &name,
+                SystemClock.now_ms(),
+                limit,
+            )
+            .await?;
             eprintln!(
                 "created merchant {} ({}); its API key follows, shown once",
                 merchant.id, merchant.name
@@ -272,9 +292,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     {
         let store = server::open_store(&config.data_dir)?;
         if store.merchant_count().await? == 0 {
-            let (merchant, key) =
-                rialto_api::auth::create_merchant(store.as_ref(), "demo", SystemClock.now_ms())
-                    .await?;
+            let (merchant, key) = rialto_api::auth::create_merchant(
+                store.as_ref(),
+                "demo",
+                SystemClock.now_ms(),
+                Default::default(),
+            )
+            .await?;
             eprintln!(
                 "created the demo merchant {}; its API key (shown once) is on stdout",
                 merchant.id
@@ -338,10 +362,16 @@ async fn simulate(
             e.sweep_interval_ms = o.sweep_interval_ms.unwrap_or(e.sweep_interval_ms);
             e.psp_inflight_max = o.psp_inflight_max.unwrap_or(e.psp_inflight_max);
             let running = server::start(&config, options.scale).await?;
+            // The load generator's merchant is not rate limited: the load is the point.
+            let unlimited = rialto_api::auth::RateLimit {
+                per_min: 0,
+                burst: 1,
+            };
             let (_, key) = rialto_api::auth::create_merchant(
                 running.store.as_ref(),
                 "sim",
                 SystemClock.now_ms(),
+                unlimited,
             )
             .await?;
             eprintln!(
@@ -367,8 +397,22 @@ async fn simulate(
         extras.baseline = Some(load::run(&scenario, &target, &trivial).await?);
     }
     eprintln!("running scenario {}", scenario.name);
+    let started_ms = SystemClock.now_ms();
     let measured = load::run(&scenario, &target, &options).await?;
     if let Some(running) = local {
+        extras.breaker_transitions = running
+            .breaker_transitions()
+            .into_iter()
+            .filter(|t| t.at_ms >= started_ms)
+            .map(|t| {
+                serde_json::json!({
+                    "t_s": (t.at_ms - started_ms) as f64 / 1_000.0,
+                    "psp": t.psp,
+                    "from": t.from.as_str(),
+                    "to": t.to.as_str(),
+                })
+            })
+            .collect();
         extras.ledger_balanced = Some(running.store.ledger_check().await?.balanced());
         extras.psp_calls = running
             .sims

@@ -82,6 +82,11 @@ pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
 }
 
 impl Running {
+    /// Every circuit breaker change so far.
+    pub fn breaker_transitions(&self) -> Vec<rialto_actors::psp_supervisor::BreakerChange> {
+        self.engine.breaker_transitions()
+    }
+
     /// Stops accepting requests, lets running ones finish, then stops the actor tree.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true); // Receivers live in the servers until they finish.

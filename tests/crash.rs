@@ -18,6 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_rialto");
 const CONFIG: &str = r#"
 [engine]
 psp_call_timeout_ms = 300
+service_timeout_ms = 5000
 status_query_backoff_ms = 50
 sweep_interval_ms = 500
 
@@ -102,7 +103,15 @@ async fn kill_9_mid_load_loses_nothing_and_captures_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("rialto.toml"), CONFIG).unwrap();
     let created = std::process::Command::new(BIN)
-        .args(["merchant", "create", "--name", "crash-test", "--data-dir"])
+        .args([
+            "merchant",
+            "create",
+            "--name",
+            "crash-test",
+            "--rate-per-min",
+            "0",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .output()
         .unwrap();

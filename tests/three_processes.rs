@@ -69,7 +69,16 @@ async fn psp_sim_serve_and_sim_target_work_together() {
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     let created = std::process::Command::new(BIN)
-        .args(["merchant", "create", "--name", "e2e", "--data-dir", data])
+        .args([
+            "merchant",
+            "create",
+            "--name",
+            "e2e",
+            "--rate-per-min",
+            "0",
+            "--data-dir",
+            data,
+        ])
         .output()
         .unwrap();
     assert!(created.status.success());

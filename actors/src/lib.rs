@@ -19,6 +19,8 @@ pub mod psp_supervisor;
 pub mod root;
 pub mod txn_supervisor;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,13 +28,14 @@ use dashmap::DashMap;
 use ractor::{Actor, ActorRef};
 use tokio::sync::oneshot;
 
-use rialto_engine::routing::{Candidate, choose};
+use rialto_engine::breaker::BreakerConfig;
+use rialto_engine::routing::{Candidate, Hints, choose};
 use rialto_engine::{CaptureMethod, Clock, Event, Money, NewPayment, Payment, Rejection};
 use rialto_persistence::{Store, StoreError, StoredResponse};
 
 use crate::payment_actor::{Command, Job};
 use crate::psp::PspAdapter;
-use crate::psp_supervisor::PspMsg;
+use crate::psp_supervisor::{BreakerChange, HealthReport, PspHealth, PspLimits, PspMsg};
 use crate::root::{RootArgs, RootSupervisor};
 use crate::txn_supervisor::TxnMsg;
 
@@ -42,12 +45,31 @@ use crate::txn_supervisor::TxnMsg;
 pub struct EngineConfig {
     /// One PSP call, queueing for a permit included (R2.4: 20 s).
     pub psp_call_timeout: Duration,
+    /// How long a merchant request waits for its payment to rest (R2.4: 25 s); then it is
+    /// answered "still processing" and the payment carries on.
+    pub service_timeout: Duration,
     /// First wait before asking a PSP about an unknown outcome; doubles per attempt.
     pub status_query_backoff: Duration,
     /// Status queries an actor makes before leaving the payment to the sweeper.
     pub status_query_attempts_max: u32,
-    /// Concurrent calls per PSP.
+    /// Concurrent calls per PSP (the bulkhead), and calls allowed to wait for a slot.
     pub psp_inflight_max: usize,
+    pub psp_queue_max: usize,
+    /// The circuit breaker of every PSP (R2.1).
+    pub breaker: BreakerConfig,
+    /// Authorization attempts per payment, failovers included (R2.3); retries of the same PSP
+    /// wait 2^n s + jitter, capped by `retry_backoff_max`.
+    pub retry_attempts_max: u32,
+    pub retry_backoff_max: Duration,
+    /// An unknown outcome unresolved this long is escalated (R4.3: 5 min).
+    pub escalate_after: Duration,
+    /// Adapter panics within `crash_window` that mark a PSP down.
+    pub crash_max: u32,
+    pub crash_window: Duration,
+    /// Routing's limits for a healthy PSP (R2.6).
+    pub hints: Hints,
+    /// How often storage health is probed (read-only mode, R2.7).
+    pub health_interval: Duration,
     /// Payment actors alive at once; more requests are refused with `Overloaded`.
     pub transactions_max: usize,
     /// Times a crashing payment is resumed before it is left to the next sweep.
@@ -64,9 +86,19 @@ impl Default for EngineConfig {
     fn default() -> EngineConfig {
         EngineConfig {
             psp_call_timeout: Duration::from_secs(20),
+            service_timeout: Duration::from_secs(25),
             status_query_backoff: Duration::from_secs(1),
-            status_query_attempts_max: 6,
+            status_query_attempts_max: 3,
             psp_inflight_max: 1_024,
+            psp_queue_max: 1_024,
+            breaker: BreakerConfig::default(),
+            retry_attempts_max: 3,
+            retry_backoff_max: Duration::from_secs(8),
+            escalate_after: Duration::from_secs(300),
+            crash_max: 5,
+            crash_window: Duration::from_secs(60),
+            hints: Hints::default(),
+            health_interval: Duration::from_secs(1),
             transactions_max: 50_000,
             payment_restarts_max: 3,
             supervisor_restarts_max: 100,
@@ -90,10 +122,19 @@ impl EngineConfig {
         if self.psp_inflight_max == 0 || self.transactions_max == 0 {
             return Err("psp_inflight_max and transactions_max must be positive".into());
         }
-        if self.status_query_attempts_max > 30 {
-            return Err("status_query_attempts_max must be at most 30".into());
+        if self.status_query_attempts_max > 30
+            || self.retry_attempts_max == 0
+            || self.retry_attempts_max > 10
+        {
+            return Err("status_query_attempts_max ≤ 30 and retry_attempts_max 1..=10".into());
         }
-        Ok(())
+        if self.service_timeout <= self.psp_call_timeout {
+            return Err("service_timeout must exceed psp_call_timeout (timeouts nest)".into());
+        }
+        if self.crash_max == 0 || self.crash_window.is_zero() || self.health_interval.is_zero() {
+            return Err("crash_max, crash_window and health_interval must be positive".into());
+        }
+        self.breaker.validate()
     }
 }
 
@@ -153,6 +194,8 @@ pub enum CommandError {
     Interrupted,
     #[error("the engine is shutting down")]
     ShuttingDown,
+    #[error("the payment is still being processed")]
+    StillProcessing,
 }
 
 /// Where a payment actor consults the fault injector.
@@ -190,6 +233,10 @@ pub struct Deps {
     pub faults: Option<Arc<dyn FaultInjector>>,
     /// Live PSP supervisors by PSP id, replaced when one is restarted.
     pub psps: DashMap<String, ActorRef<PspMsg>>,
+    /// Each PSP's breaker, bulkhead and health, owned by its supervisor.
+    pub health: HashMap<String, Arc<PspHealth>>,
+    pub store_healthy: AtomicBool,
+    pub forced_read_only: AtomicBool,
     /// A std lock: held only to clone or swap the address, never across an await.
     transactions: RwLock<Option<ActorRef<TxnMsg>>>,
 }
@@ -224,6 +271,53 @@ impl Deps {
         }
     }
 
+    /// The PSP for a payment, skipping `exclude` (a PSP that just failed it).
+    pub fn route(&self, payment_id: &str, exclude: Option<&str>) -> Option<String> {
+        let candidates: Vec<Candidate> = self
+            .routes
+            .iter()
+            .map(|r| {
+                let health = &self.health[&r.id];
+                let report = health.report();
+                // Hints speak only with enough data: one early failure must not steer all
+                // traffic away (and starve the breaker of the calls it decides on).
+                let enough_calls = report.calls_in_window >= self.config.breaker.min_calls;
+                Candidate {
+                    psp: r.id.clone(),
+                    priority: r.priority,
+                    weight: r.weight,
+                    available: exclude != Some(r.id.as_str())
+                        && self.psps.contains_key(&r.id)
+                        && report.can_take,
+                    error_rate_pct: if enough_calls {
+                        report.error_rate_pct
+                    } else {
+                        0
+                    },
+                    latency_p95_ms: if health.latency_samples() >= HINT_SAMPLES_MIN {
+                        report.latency_p95_ms
+                    } else {
+                        0
+                    },
+                }
+            })
+            .collect();
+        choose(&candidates, &self.config.hints, spread(payment_id)).map(str::to_string)
+    }
+
+    /// Why new payments are refused right now, if they are (R2.7).
+    pub fn read_only_reason(&self) -> Option<&'static str> {
+        if self.forced_read_only.load(Ordering::Relaxed) {
+            Some("an operator put Rialto in read-only mode")
+        } else if !self.store_healthy.load(Ordering::Relaxed) {
+            Some("storage is unhealthy")
+        } else if !self.health.values().any(|h| h.can_take()) {
+            Some("no payment service provider can take payments")
+        } else {
+            None
+        }
+    }
+
     /// Builds a payment and picks its PSP.
     fn new_payment(
         &self,
@@ -231,19 +325,7 @@ impl Deps {
         create: CreatePayment,
         now_ms: i64,
     ) -> Result<(Payment, [Event; 2]), CommandError> {
-        let candidates: Vec<Candidate> = self
-            .routes
-            .iter()
-            .map(|r| Candidate {
-                psp: r.id.clone(),
-                priority: r.priority,
-                weight: r.weight,
-                available: self.psps.contains_key(&r.id),
-            })
-            .collect();
-        let psp = choose(&candidates, spread(id))
-            .ok_or(CommandError::NoPspAvailable)?
-            .to_string();
+        let psp = self.route(id, None).ok_or(CommandError::NoPspAvailable)?;
         let ttl = i64::try_from(self.config.authorization_ttl.as_millis()).unwrap_or(i64::MAX);
         Ok(Payment::create(
             NewPayment {
@@ -291,8 +373,11 @@ impl Deps {
     }
 }
 
+/// Latency samples a PSP needs before its p95 steers routing.
+const HINT_SAMPLES_MIN: usize = 20;
+
 /// FNV-1a of the payment id: spreads payments over equal-priority PSPs deterministically.
-fn spread(id: &str) -> u64 {
+pub(crate) fn spread(id: &str) -> u64 {
     id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
@@ -302,7 +387,7 @@ fn spread(id: &str) -> u64 {
 pub struct Rialto {
     deps: Arc<Deps>,
     root: ActorRef<root::RootMsg>,
-    sweeper: tokio::task::JoinHandle<()>,
+    background: [tokio::task::JoinHandle<()>; 2],
 }
 
 pub struct RialtoBuilder {
@@ -342,6 +427,24 @@ impl RialtoBuilder {
                 return Err(format!("route names unknown psp `{}`", route.id));
             }
         }
+        let limits = PspLimits {
+            breaker: self.config.breaker.clone(),
+            inflight_max: self.config.psp_inflight_max,
+            queue_max: self.config.psp_queue_max,
+            crash_max: self.config.crash_max,
+            crash_window: self.config.crash_window,
+        };
+        let health = self
+            .adapters
+            .iter()
+            .map(|a| {
+                let id = a.id().to_string();
+                (
+                    id.clone(),
+                    Arc::new(PspHealth::new(&id, limits.clone(), self.clock.clone())),
+                )
+            })
+            .collect();
         let deps = Arc::new(Deps {
             store: self.store,
             clock: self.clock,
@@ -349,6 +452,9 @@ impl RialtoBuilder {
             routes: self.routes,
             faults: self.faults,
             psps: DashMap::new(),
+            health,
+            store_healthy: AtomicBool::new(true),
+            forced_read_only: AtomicBool::new(false),
             transactions: RwLock::new(None),
         });
         let args = RootArgs {
@@ -363,11 +469,28 @@ impl RialtoBuilder {
             tracing::info!(resumed, "resuming payments left in flight");
         }
         let sweeper = tokio::spawn(sweep(deps.clone()));
+        let monitor = tokio::spawn(monitor_store(deps.clone()));
         Ok(Rialto {
             deps,
             root,
-            sweeper,
+            background: [sweeper, monitor],
         })
+    }
+}
+
+/// Probes storage with a durable write every `health_interval`; a failed or slow probe puts
+/// Rialto in read-only mode until one succeeds again.
+async fn monitor_store(deps: Arc<Deps>) {
+    let mut tick = tokio::time::interval(deps.config.health_interval);
+    loop {
+        tick.tick().await;
+        let probe = tokio::time::timeout(Duration::from_secs(2), deps.store.health()).await;
+        let healthy = matches!(probe, Ok(Ok(())));
+        if deps.store_healthy.swap(healthy, Ordering::Relaxed) != healthy {
+            tracing::warn!(healthy, "storage health changed");
+        }
+        metrics::gauge!("rialto_read_only")
+            .set(f64::from(u8::from(deps.read_only_reason().is_some())));
     }
 }
 
@@ -400,17 +523,63 @@ impl Rialto {
         self.deps.psps.len()
     }
 
+    /// Each PSP's breaker, bulkhead and recent figures, in route order.
+    pub fn psp_health(&self) -> Vec<HealthReport> {
+        self.deps
+            .routes
+            .iter()
+            .map(|r| self.deps.health[&r.id].report())
+            .collect()
+    }
+
+    /// Every breaker state change so far (most recent 1,000 per PSP).
+    pub fn breaker_transitions(&self) -> Vec<BreakerChange> {
+        let mut all: Vec<_> = self
+            .deps
+            .health
+            .values()
+            .flat_map(|h| h.transitions())
+            .collect();
+        all.sort_by_key(|t| t.at_ms);
+        all
+    }
+
+    /// Why new payments are refused now, if they are.
+    pub fn read_only_reason(&self) -> Option<&'static str> {
+        self.deps.read_only_reason()
+    }
+
+    /// An operator's switch: refuse new payments regardless of health.
+    pub fn set_forced_read_only(&self, on: bool) {
+        self.deps.forced_read_only.store(on, Ordering::Relaxed);
+        tracing::warn!(read_only = on, "operator changed read-only mode");
+    }
+
+    /// An operator's switch for one PSP; false when there is no such PSP.
+    pub fn set_psp_enabled(&self, psp: &str, enabled: bool) -> bool {
+        match self.deps.health.get(psp) {
+            Some(h) => {
+                h.set_disabled(!enabled);
+                tracing::warn!(psp, enabled, "operator changed a psp");
+                true
+            }
+            None => false,
+        }
+    }
+
     async fn run(
         &self,
         job: Job,
         done: oneshot::Receiver<Result<Payment, CommandError>>,
     ) -> Result<Payment, CommandError> {
         self.deps.submit(job);
-        match done.await {
-            Ok(result) => result,
+        match tokio::time::timeout(self.deps.config.service_timeout, done).await {
+            // The payment carries on; a retry with the same idempotency key reports it.
+            Err(_) => Err(CommandError::StillProcessing),
+            Ok(Ok(result)) => result,
             // The actor died with our reply port; the supervisor resumes the payment from the
             // store, and a retry with the same idempotency key reports its outcome.
-            Err(_) => Err(CommandError::Interrupted),
+            Ok(Err(_)) => Err(CommandError::Interrupted),
         }
     }
 
@@ -494,7 +663,9 @@ impl Rialto {
 
     /// Stops the actor tree. In-flight payments stay in the store and resume on next start.
     pub async fn shutdown(self) {
-        self.sweeper.abort();
+        for task in &self.background {
+            task.abort();
+        }
         self.root.stop(None);
         // Waiting is best effort: the store holds everything that matters.
         let _ = tokio::time::timeout(Duration::from_secs(5), async {

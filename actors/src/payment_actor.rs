@@ -13,6 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
 use rialto_engine::ledger::fee_for;
+use rialto_engine::policy::backoff_ms;
 use rialto_engine::{Effect, Event, Payment, PspOp, Rejection, Status, apply};
 use rialto_persistence::{Commit, IdempotencyRecord, IdempotencyWrite, StoreError};
 
@@ -122,6 +123,16 @@ struct Driver {
     deferred: Vec<Event>,
 }
 
+/// What a soft failure leads to.
+enum Retry {
+    /// Ask the same PSP again (after the backoff).
+    Again,
+    /// Fail over to this PSP.
+    Moved(String),
+    /// Record the failure.
+    GiveUp,
+}
+
 /// How a PSP's answer moves the payment on.
 enum Resolution {
     Events(Vec<Event>),
@@ -187,9 +198,31 @@ impl Driver {
         self.commit(t.payment, vec![event], t.entry).await.map(Some)
     }
 
+    /// What to do after a PSP said it did not act (a soft failure), R2.3: retry, possibly at
+    /// another PSP, a bounded number of times; a hard decline is never retried.
+    async fn after_soft_failure(&self, p: &Payment, op: &PspOp, attempts: &mut u32) -> Retry {
+        *attempts += 1;
+        if *attempts >= self.deps.config.retry_attempts_max {
+            return Retry::GiveUp;
+        }
+        metrics::counter!("rialto_psp_retries_total", "psp" => p.psp.clone()).increment(1);
+        if *op == PspOp::Authorize
+            && let Some(other) = self.deps.route(&p.id, Some(&p.psp))
+        {
+            // Failover is immediate: another PSP is not the one that just struggled.
+            return Retry::Moved(other);
+        }
+        let jitter = crate::spread(&p.id)
+            ^ (self.deps.clock.now_ms() as u64).wrapping_mul(u64::from(*attempts));
+        let cap = self.deps.config.retry_backoff_max.as_millis() as u64;
+        tokio::time::sleep(Duration::from_millis(backoff_ms(*attempts, jitter, cap))).await;
+        Retry::Again
+    }
+
     /// Executes effects until the payment rests, replying once it does.
     async fn drive(mut self, mut p: Payment) {
         let mut queries = 0u32;
+        let mut attempts = 0u32;
         loop {
             let Some(effect) = p.effects().into_iter().next() else {
                 self.respond(Ok(p));
@@ -199,14 +232,31 @@ impl Driver {
                 Effect::Call(op) => {
                     let outcome = self.call_psp(&p, op).await;
                     self.fault(&p, FaultPoint::PspAnswered);
-                    Resolution::Events(events_for_outcome(&p, op, outcome))
+                    let soft = matches!(outcome, PspOutcome::SoftFailure { .. });
+                    match if soft {
+                        self.after_soft_failure(&p, op, &mut attempts).await
+                    } else {
+                        Retry::GiveUp
+                    } {
+                        Retry::Again => continue,
+                        Retry::Moved(psp) => Resolution::Events(vec![Event::Rerouted { psp }]),
+                        Retry::GiveUp => Resolution::Events(events_for_outcome(&p, op, outcome)),
+                    }
                 }
                 Effect::Query(op) => {
                     // The merchant has its answer (the payment is in doubt); resolve quietly.
                     self.respond(Ok(p.clone()));
-                    if queries >= self.deps.config.status_query_attempts_max {
-                        tracing::warn!(payment_id = %p.id, queries, "payment unresolved, left to the sweeper");
-                        metrics::counter!("rialto_payments_unresolved_total").increment(1);
+                    let waited = self.deps.clock.now_ms() - p.updated_at_ms;
+                    let overdue = waited >= self.deps.config.escalate_after.as_millis() as i64;
+                    if queries >= self.deps.config.status_query_attempts_max || overdue {
+                        if !p.escalated {
+                            tracing::warn!(payment_id = %p.id, queries, "payment outcome unknown; escalated");
+                            metrics::counter!("rialto_payments_escalated_total").increment(1);
+                            if let Err(e) = self.transition(&p, vec![Event::Escalated]).await {
+                                tracing::error!(payment_id = %p.id, error = %e, "could not record the escalation");
+                            }
+                        }
+                        // The sweeper keeps asking on its own schedule.
                         return;
                     }
                     let backoff = self.deps.config.status_query_backoff * 2u32.pow(queries.min(8));

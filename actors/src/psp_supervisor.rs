@@ -1,17 +1,22 @@
-//! One supervisor actor per PSP. It owns that PSP's adapter and its concurrency limit (the
-//! home of the breaker and bulkhead), and is the only way a transaction reaches the PSP.
+//! One supervisor actor per PSP. It owns that PSP's adapter and its [`PspHealth`]: the circuit
+//! breaker (R2.1), the bulkhead (bounded concurrency and a bounded wait queue, R2.2), the
+//! operator's enable/disable switch and recent latency and error figures that routing reads.
 //! Each call runs in its own task under the PSP call timeout, so a slow call never blocks the
-//! mailbox; a call that panics is caught, answered as `Unknown` (the PSP may have acted) and
-//! reported back here, so one crashing adapter call harms neither other payments nor other
-//! PSPs.
+//! mailbox; a call that panics is caught, answered `Unknown` (the PSP may have acted) and
+//! reported here. A PSP whose adapter keeps panicking is marked down for a cool-off period.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
+
+use rialto_engine::Clock;
+use rialto_engine::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
 
 use crate::psp::{OperationStatus, PspAdapter, PspOutcome, PspRequest};
 
@@ -41,20 +46,224 @@ pub enum PspMsg {
     AdapterPanicked { call: PspCall },
 }
 
+/// Limits of one PSP's bulkhead and crash-loop guard.
+#[derive(Clone, Debug)]
+pub struct PspLimits {
+    pub breaker: BreakerConfig,
+    pub inflight_max: usize,
+    /// Calls waiting for a free slot; beyond it a call is refused at once ("bulkhead full").
+    pub queue_max: usize,
+    /// Adapter panics within `crash_window` that mark the PSP down.
+    pub crash_max: u32,
+    pub crash_window: Duration,
+}
+
+/// A breaker state change, kept for reports (`rialto sim`) and the logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakerChange {
+    pub psp: String,
+    pub at_ms: i64,
+    pub from: BreakerState,
+    pub to: BreakerState,
+}
+
+const LATENCY_SAMPLES: usize = 256;
+const TRANSITIONS_KEPT: usize = 1_000;
+
+/// A PSP's protective state. Owned by its supervisor, shared read-mostly with routing and
+/// health. The mutexes are `std`: held for a few instructions, never across an await.
+pub struct PspHealth {
+    pub id: String,
+    clock: Arc<dyn Clock>,
+    limits: PspLimits,
+    breaker: Mutex<Breaker>,
+    inflight: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    disabled: AtomicBool,
+    down_until_ms: AtomicI64,
+    panics: Mutex<VecDeque<i64>>,
+    latencies_ms: Mutex<VecDeque<u64>>,
+    transitions: Mutex<VecDeque<BreakerChange>>,
+}
+
+/// A PSP's health as `/readyz` and routing report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthReport {
+    pub psp: String,
+    pub breaker: BreakerState,
+    pub can_take: bool,
+    pub disabled: bool,
+    pub down: bool,
+    pub calls_in_window: u32,
+    pub error_rate_pct: u32,
+    pub latency_p95_ms: u64,
+    pub inflight: usize,
+    pub waiting: usize,
+}
+
+impl PspHealth {
+    pub fn new(id: &str, limits: PspLimits, clock: Arc<dyn Clock>) -> PspHealth {
+        metrics::gauge!("circuit_breaker_state", "psp" => id.to_string()).set(0.0);
+        PspHealth {
+            id: id.to_string(),
+            clock,
+            breaker: Mutex::new(Breaker::new(limits.breaker.clone())),
+            inflight: Arc::new(Semaphore::new(limits.inflight_max)),
+            limits,
+            waiting: AtomicUsize::new(0),
+            disabled: AtomicBool::new(false),
+            down_until_ms: AtomicI64::new(i64::MIN),
+            panics: Mutex::new(VecDeque::new()),
+            latencies_ms: Mutex::new(VecDeque::with_capacity(LATENCY_SAMPLES)),
+            transitions: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bulkhead_full(&self) -> bool {
+        self.inflight.available_permits() == 0
+            && self.waiting.load(Ordering::Relaxed) >= self.limits.queue_max
+    }
+
+    fn down(&self, now_ms: i64) -> bool {
+        now_ms < self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Whether a new payment may be routed here now.
+    pub fn can_take(&self) -> bool {
+        let now = self.clock.now_ms();
+        !self.disabled.load(Ordering::Relaxed)
+            && !self.down(now)
+            && !self.bulkhead_full()
+            && self.breaker().would_allow(now)
+    }
+
+    pub fn set_disabled(&self, disabled: bool) {
+        self.disabled.store(disabled, Ordering::Relaxed);
+    }
+
+    pub fn report(&self) -> HealthReport {
+        let now = self.clock.now_ms();
+        let (state, (calls, failures)) = {
+            let mut b = self.breaker();
+            (b.state(now), b.window(now))
+        };
+        HealthReport {
+            psp: self.id.clone(),
+            breaker: state,
+            can_take: self.can_take(),
+            disabled: self.disabled.load(Ordering::Relaxed),
+            down: self.down(now),
+            calls_in_window: calls,
+            error_rate_pct: if calls == 0 {
+                0
+            } else {
+                failures * 100 / calls
+            },
+            latency_p95_ms: self.latency_p95_ms(),
+            inflight: self.limits.inflight_max - self.inflight.available_permits(),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn latency_samples(&self) -> usize {
+        self.latencies_ms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// p95 of the last calls' latency (0 before any call).
+    pub fn latency_p95_ms(&self) -> u64 {
+        let mut samples: Vec<u64> = self
+            .latencies_ms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        if samples.is_empty() {
+            return 0;
+        }
+        samples.sort_unstable();
+        samples[(samples.len() * 95).div_ceil(100) - 1]
+    }
+
+    pub fn transitions(&self) -> Vec<BreakerChange> {
+        self.transitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn note(&self, t: Option<Transition>) {
+        let Some(t) = t else { return };
+        metrics::gauge!("circuit_breaker_state", "psp" => self.id.clone()).set(t.to as u8 as f64);
+        tracing::warn!(psp = %self.id, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker changed");
+        let mut log = self.transitions.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() == TRANSITIONS_KEPT {
+            log.pop_front();
+        }
+        log.push_back(BreakerChange {
+            psp: self.id.clone(),
+            at_ms: t.at_ms,
+            from: t.from,
+            to: t.to,
+        });
+    }
+
+    fn observe(&self, duration: Duration, failed: bool) {
+        let ms = duration.as_millis() as u64;
+        {
+            let mut l = self.latencies_ms.lock().unwrap_or_else(|e| e.into_inner());
+            if l.len() == LATENCY_SAMPLES {
+                l.pop_front();
+            }
+            l.push_back(ms);
+        }
+        let t = self.breaker().record(self.clock.now_ms(), failed, ms);
+        self.note(t);
+    }
+
+    /// Counts an adapter panic; too many in the window mark the PSP down and open its breaker.
+    fn panicked(&self) -> bool {
+        let now = self.clock.now_ms();
+        let window = self.limits.crash_window.as_millis() as i64;
+        let mut panics = self.panics.lock().unwrap_or_else(|e| e.into_inner());
+        panics.push_back(now);
+        while panics.front().is_some_and(|t| *t <= now - window) {
+            panics.pop_front();
+        }
+        if panics.len() as u32 >= self.limits.crash_max {
+            panics.clear();
+            drop(panics);
+            self.down_until_ms
+                .store(now + self.limits.breaker.open_ms as i64, Ordering::Relaxed);
+            let t = self.breaker().force_open(now);
+            self.note(t);
+            return true;
+        }
+        false
+    }
+}
+
 pub struct PspSupervisor;
 
 pub struct PspArgs {
     pub adapter: Arc<dyn PspAdapter>,
+    pub health: Arc<PspHealth>,
     pub call_timeout: Duration,
-    pub inflight_max: usize,
 }
 
 pub struct PspState {
     adapter: Arc<dyn PspAdapter>,
+    health: Arc<PspHealth>,
     call_timeout: Duration,
-    /// Bounds concurrent calls to this PSP; waiting for a permit counts against the timeout.
-    inflight: Arc<Semaphore>,
-    panics: u64,
 }
 
 impl Actor for PspSupervisor {
@@ -69,9 +278,8 @@ impl Actor for PspSupervisor {
     ) -> Result<PspState, ActorProcessingErr> {
         Ok(PspState {
             adapter: args.adapter,
+            health: args.health,
             call_timeout: args.call_timeout,
-            inflight: Arc::new(Semaphore::new(args.inflight_max)),
-            panics: 0,
         })
     }
 
@@ -84,42 +292,80 @@ impl Actor for PspSupervisor {
         match msg {
             PspMsg::Call { call, req, reply } => {
                 let adapter = state.adapter.clone();
-                let inflight = state.inflight.clone();
+                let health = state.health.clone();
                 let timeout = state.call_timeout;
                 tokio::spawn(async move {
-                    let answer = run_call(adapter, inflight, timeout, call, req, &myself).await;
+                    let answer = run_call(adapter, &health, timeout, call, req, &myself).await;
                     // The transaction may have given up waiting; its own timeout covers that.
                     let _ = reply.send(answer);
                 });
             }
             PspMsg::AdapterPanicked { call } => {
-                state.panics += 1;
-                tracing::error!(
-                    psp = state.adapter.id(),
-                    ?call,
-                    panics = state.panics,
-                    "psp adapter call panicked"
-                );
-                metrics::counter!("rialto_psp_adapter_panics_total", "psp" => state.adapter.id().to_string())
+                let psp = state.adapter.id().to_string();
+                metrics::counter!("rialto_psp_adapter_panics_total", "psp" => psp.clone())
                     .increment(1);
+                metrics::counter!("rialto_supervisor_restarts_total", "supervisor" => format!("psp:{psp}")).increment(1);
+                let marked_down = state.health.panicked();
+                tracing::error!(psp, ?call, marked_down, "psp adapter call panicked");
             }
         }
         Ok(())
     }
 }
 
+fn refused(call: PspCall, reason: &str) -> PspAnswer {
+    match call {
+        PspCall::Status => PspAnswer::Status(OperationStatus::Pending),
+        _ => PspAnswer::Outcome(PspOutcome::SoftFailure {
+            reason: reason.to_string(),
+        }),
+    }
+}
+
 async fn run_call(
     adapter: Arc<dyn PspAdapter>,
-    inflight: Arc<Semaphore>,
+    health: &PspHealth,
     timeout: Duration,
     call: PspCall,
     req: PspRequest,
     supervisor: &ActorRef<PspMsg>,
 ) -> PspAnswer {
+    let now = health.clock.now_ms();
+    if health.disabled.load(Ordering::Relaxed) || health.down(now) {
+        return refused(call, "psp is disabled");
+    }
+    // The bulkhead first, so a call the breaker admits (a half-open trial) always runs and
+    // is always recorded.
     let started = Instant::now();
+    let permit = match health.inflight.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => {
+            if health.waiting.fetch_add(1, Ordering::Relaxed) >= health.limits.queue_max {
+                health.waiting.fetch_sub(1, Ordering::Relaxed);
+                metrics::counter!("rialto_bulkhead_rejections_total", "psp" => health.id.clone())
+                    .increment(1);
+                return refused(call, "psp bulkhead is full");
+            }
+            let waited =
+                tokio::time::timeout(timeout, health.inflight.clone().acquire_owned()).await;
+            health.waiting.fetch_sub(1, Ordering::Relaxed);
+            match waited {
+                Ok(Ok(permit)) => permit,
+                // Never sent: nothing can have happened at the PSP.
+                _ => return refused(call, "timed out waiting for a psp slot"),
+            }
+        }
+    };
+    // Status queries bypass the breaker: they are how unknown outcomes get settled.
+    if call != PspCall::Status {
+        let (allowed, t) = health.breaker().allow(health.clock.now_ms());
+        health.note(t);
+        if !allowed {
+            return refused(call, "circuit breaker is open");
+        }
+    }
+    let remaining = timeout.saturating_sub(started.elapsed());
     let work = async {
-        // The semaphore is never closed, so acquiring only waits.
-        let _permit = inflight.acquire().await;
         match call {
             PspCall::Authorize => PspAnswer::Outcome(adapter.authorize(&req).await),
             PspCall::Capture => PspAnswer::Outcome(adapter.capture(&req).await),
@@ -128,7 +374,7 @@ async fn run_call(
             PspCall::Status => PspAnswer::Status(adapter.status(&req).await),
         }
     };
-    let answer = match AssertUnwindSafe(tokio::time::timeout(timeout, work))
+    let answer = match AssertUnwindSafe(tokio::time::timeout(remaining, work))
         .catch_unwind()
         .await
     {
@@ -144,6 +390,14 @@ async fn run_call(
             unknown(call, "psp adapter crashed during the call")
         }
     };
+    drop(permit);
+    let failed = matches!(
+        answer,
+        PspAnswer::Outcome(PspOutcome::SoftFailure { .. } | PspOutcome::Unknown { .. })
+    );
+    if call != PspCall::Status {
+        health.observe(started.elapsed(), failed);
+    }
     metrics::histogram!(
         "http_client_request_duration_seconds",
         "peer" => adapter.id().to_string(),

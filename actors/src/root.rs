@@ -39,8 +39,8 @@ impl RootState {
             Child::Psp(adapter) => {
                 let args = PspArgs {
                     adapter: adapter.clone(),
+                    health: self.deps.health[adapter.id()].clone(),
                     call_timeout: self.deps.config.psp_call_timeout,
-                    inflight_max: self.deps.config.psp_inflight_max,
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, PspSupervisor, args, myself.clone()).await?;

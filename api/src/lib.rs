@@ -1,7 +1,8 @@
 //! Rialto's HTTP edge, the only crate that knows HTTP and JSON. Two routers:
 //! - the merchant API (`/v1/...`, `/openapi.json`), authenticated by API key, with
 //!   problem+json errors, body and time limits and per-route latency metrics;
-//! - the ops listener (`/healthz`, `/readyz`, `/metrics`), meant for a private address.
+//! - the ops listener (`/healthz`, `/readyz`, `/metrics`, and `/admin/...` for operators
+//!   holding the admin token), meant for a private address.
 //!
 //! Handlers translate between JSON and engine types by hand and hand commands to the
 //! [`rialto_actors::Rialto`] engine; reads go straight to the store.
@@ -36,6 +37,8 @@ pub struct ApiConfig {
     pub body_bytes_max: usize,
     /// The gateway's own deadline for a request (R2.4: 30 s, above the engine's).
     pub request_timeout: Duration,
+    /// The operator token for `/admin` on the ops listener; `None` turns admin off.
+    pub admin_token: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -43,6 +46,7 @@ impl Default for ApiConfig {
         ApiConfig {
             body_bytes_max: 64 * 1024,
             request_timeout: Duration::from_secs(30),
+            admin_token: None,
         }
     }
 }
@@ -58,6 +62,10 @@ pub struct Inner {
     pub keys_in_progress: DashMap<(String, String), ()>,
     /// Authenticated merchants by API key hash. Merchants are immutable once created.
     pub merchants: DashMap<String, Merchant>,
+    /// Each merchant's rate-limit bucket (per process; R6.2 moves them to Redis).
+    pub buckets: DashMap<String, rialto_engine::policy::TokenBucket>,
+    /// SHA-256 of the operator's admin token; admin routes are off without one.
+    pub admin_token_sha256: Option<String>,
     pub metrics: PrometheusHandle,
 }
 
@@ -73,9 +81,11 @@ impl AppState {
         AppState(Arc::new(Inner {
             store: engine.store().clone(),
             engine,
-            config,
+            config: config.clone(),
             keys_in_progress: DashMap::new(),
             merchants: DashMap::new(),
+            buckets: DashMap::new(),
+            admin_token_sha256: config.admin_token.as_deref().map(auth::key_hash),
             metrics: metrics_handle(),
         }))
     }
@@ -237,26 +247,105 @@ async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-/// Ready when the store commits durably and every configured PSP has a live supervisor.
+/// Deep health (R2.7): the store (a durable probe commit), each PSP's supervisor, breaker,
+/// bulkhead and recent figures, and read-only mode. 200 `ready`; 200 `degraded` while
+/// read-only (reads are still served); 503 `not_ready` when storage fails or a PSP supervisor
+/// is missing.
 async fn readyz(State(state): State<AppState>) -> Response {
     let store = tokio::time::timeout(Duration::from_secs(2), state.store.health()).await;
     let store_ok = matches!(store, Ok(Ok(())));
-    let psps_configured = state.engine.psp_ids().len();
-    let psps_up = state.engine.psps_up();
-    let ready = store_ok && psps_up == psps_configured && psps_configured > 0;
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "checks": {
-            "store": if store_ok { "ok" } else { "failing" },
-            "psps": { "configured": psps_configured, "up": psps_up, "ids": state.engine.psp_ids() },
-        }
-    });
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let supervisors_ok = state.engine.psps_up() == state.engine.psp_ids().len();
+    let read_only = state.engine.read_only_reason();
+    let psps: Vec<_> = state
+        .engine
+        .psp_health()
+        .into_iter()
+        .map(|h| {
+            json!({
+                "psp": h.psp,
+                "circuit_breaker": h.breaker.as_str(),
+                "circuit_breaker_state": h.breaker as u8,
+                "can_take_payments": h.can_take,
+                "disabled": h.disabled,
+                "down": h.down,
+                "calls_in_window": h.calls_in_window,
+                "error_rate_pct": h.error_rate_pct,
+                "latency_p95_ms": h.latency_p95_ms,
+                "inflight": h.inflight,
+                "waiting": h.waiting,
+            })
+        })
+        .collect();
+    let (status, code) = match (store_ok && supervisors_ok, read_only) {
+        (false, _) => ("not_ready", StatusCode::SERVICE_UNAVAILABLE),
+        (true, Some(_)) => ("degraded", StatusCode::OK),
+        (true, None) => ("ready", StatusCode::OK),
     };
-    (status, Json(body)).into_response()
+    let body = json!({
+        "status": status,
+        "read_only": read_only,
+        "checks": { "store": if store_ok { "ok" } else { "failing" }, "psps": psps },
+    });
+    (code, Json(body)).into_response()
+}
+
+/// Checks the operator's bearer token against the configured one (by hash).
+fn require_admin(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), Problem> {
+    let Some(expected) = &state.admin_token_sha256 else {
+        return Err(Problem::not_found(
+            "admin endpoints are off: no admin token is configured",
+        ));
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(auth::key_hash);
+    // Comparing hashes: equal-length hex, and a mismatch reveals nothing about the token.
+    if given.as_deref() == Some(expected.as_str()) {
+        Ok(())
+    } else {
+        metrics::counter!("rialto_admin_auth_failures_total").increment(1);
+        Err(Problem::unauthorized("a valid admin token is required"))
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadOnlyRequest {
+    enabled: bool,
+}
+
+async fn admin_read_only(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<ReadOnlyRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Problem> {
+    require_admin(&state, &headers)?;
+    let Json(req) = body.map_err(|e| Problem::invalid(e.body_text()))?;
+    state.engine.set_forced_read_only(req.enabled);
+    Ok(Json(json!({ "read_only": state.engine.read_only_reason() })).into_response())
+}
+
+async fn admin_psp(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Path((psp, action)): axum::extract::Path<(String, String)>,
+) -> Result<Response, Problem> {
+    require_admin(&state, &headers)?;
+    let enabled = match action.as_str() {
+        "enable" => true,
+        "disable" => false,
+        _ => {
+            return Err(Problem::not_found(
+                "use /admin/psps/{id}/enable or /disable",
+            ));
+        }
+    };
+    if !state.engine.set_psp_enabled(&psp, enabled) {
+        return Err(Problem::not_found("no such psp"));
+    }
+    Ok(Json(json!({ "psp": psp, "enabled": enabled })).into_response())
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
@@ -276,6 +365,8 @@ pub fn ops_router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/admin/read-only", post(admin_read_only))
+        .route("/admin/psps/{psp}/{action}", post(admin_psp))
         .fallback(not_found)
         .with_state(state)
 }

@@ -127,6 +127,21 @@ impl Drop for InProgress<'_> {
     }
 }
 
+/// Mutations are refused while Rialto is read-only (R2.7); reads keep working.
+fn writable(state: &AppState) -> Result<(), Problem> {
+    match state.engine.read_only_reason() {
+        None => Ok(()),
+        Some(reason) => Err(Problem {
+            kind: "read_only",
+            title: "Read-only mode",
+            ..Problem::unavailable(
+                format!("Rialto is read-only: {reason}; reads still work"),
+                5,
+            )
+        }),
+    }
+}
+
 /// Runs a mutating request at most once per (merchant, Idempotency-Key).
 async fn idempotent<F, Fut>(
     state: &AppState,
@@ -141,6 +156,7 @@ where
     F: FnOnce(IdempotencySpec) -> Fut,
     Fut: Future<Output = Result<Payment, CommandError>>,
 {
+    writable(state)?;
     let key = headers
         .get("idempotency-key")
         .ok_or_else(|| Problem::invalid("the `Idempotency-Key` header is required on every POST"))?

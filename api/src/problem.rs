@@ -132,6 +132,12 @@ impl From<CommandError> for Problem {
             | CommandError::NoPspAvailable
             | CommandError::ShuttingDown => Problem::unavailable(detail, 1),
             CommandError::Store(_) => Problem::unavailable("storage is unavailable", 1),
+            CommandError::StillProcessing => Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "still_processing",
+                "Still processing",
+                "the payment is still being processed; retry with the same Idempotency-Key to get its result",
+            ),
             CommandError::Interrupted => internal(format!(
                 "{detail}; retry with the same Idempotency-Key to get its result"
             )),

@@ -194,6 +194,9 @@ pub struct PaymentView {
     pub failure: Option<FailureView>,
     pub refunds: Vec<RefundView>,
     pub authorization_expires_at: Option<String>,
+    /// True when the outcome stayed unknown past the resolver's patience; Rialto keeps
+    /// asking the PSP, and an operator should look.
+    pub escalated: bool,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -221,6 +224,7 @@ impl PaymentView {
             }),
             refunds: p.refunds.iter().map(|r| RefundView::new(p, r)).collect(),
             authorization_expires_at: p.authorization_expires_at_ms.map(timestamp),
+            escalated: p.escalated,
             created_at: timestamp(p.created_at_ms),
             updated_at: timestamp(p.updated_at_ms),
         }
@@ -265,6 +269,7 @@ impl EventView {
                 json!({ "refund_id": refund_id, "amount": amount_minor })
             }
             Event::Refunded { refund_id } => json!({ "refund_id": refund_id }),
+            Event::Rerouted { psp } => json!({ "psp": psp }),
             Event::RefundFailed { refund_id, reason } => {
                 json!({ "refund_id": refund_id, "reason": reason })
             }
@@ -273,7 +278,8 @@ impl EventView {
             | Event::OutcomeUnknown
             | Event::VoidRequested
             | Event::Voided
-            | Event::Expired => json!({}),
+            | Event::Expired
+            | Event::Escalated => json!({}),
         };
         EventView {
             seq: r.seq,

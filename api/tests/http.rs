@@ -59,7 +59,7 @@ async fn server() -> Server {
 
 impl Server {
     async fn merchant(&self, name: &str) -> String {
-        rialto_api::auth::create_merchant(self.store.as_ref(), name, 0)
+        rialto_api::auth::create_merchant(self.store.as_ref(), name, 0, Default::default())
             .await
             .unwrap()
             .1

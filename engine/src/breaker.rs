@@ -1,5 +1,5 @@
 //! The circuit breaker (R2.1) as a pure state machine over an injected clock. Closed, it
-//! counts calls in one-second buckets over a rolling window and opens when at least
+//! counts calls in buckets of a tenth of its rolling window and opens when at least
 //! `min_calls` were seen and `failure_rate_pct` of them failed; a call slower than
 //! `slow_call_ms` counts as a failure even if it succeeded. Open, it refuses calls for
 //! `open_ms`, then goes half-open and lets `half_open_trials` calls through: all of them
@@ -18,10 +18,11 @@ pub struct BreakerConfig {
 }
 
 impl Default for BreakerConfig {
-    /// The source's numbers: 50% failures, 10 s slow calls, 30 s before half-open.
+    /// The source's numbers: 50% failures, 10 s slow calls, 30 s before half-open. It gives
+    /// no window; 10 s lets a sudden outage outweigh the calls that went well before it.
     fn default() -> BreakerConfig {
         BreakerConfig {
-            window_ms: 60_000,
+            window_ms: 10_000,
             min_calls: 20,
             failure_rate_pct: 50,
             slow_call_ms: 10_000,
@@ -33,8 +34,8 @@ impl Default for BreakerConfig {
 
 impl BreakerConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.window_ms < 1_000 || self.min_calls == 0 || self.half_open_trials == 0 {
-            return Err("breaker: window_ms ≥ 1000, min_calls ≥ 1 and half_open_trials ≥ 1".into());
+        if self.window_ms < 10 || self.min_calls == 0 || self.half_open_trials == 0 {
+            return Err("breaker: window_ms ≥ 10, min_calls ≥ 1 and half_open_trials ≥ 1".into());
         }
         if !(1..=100).contains(&self.failure_rate_pct) {
             return Err("breaker: failure_rate_pct must be 1..=100".into());
@@ -78,7 +79,7 @@ enum Phase {
     HalfOpen { admitted: u32, succeeded: u32 },
 }
 
-/// (second, calls, failures)
+/// (bucket number, calls, failures); a bucket is a tenth of the window.
 type Bucket = (i64, u32, u32);
 
 #[derive(Clone, Debug)]
@@ -120,7 +121,10 @@ impl Breaker {
         if let Phase::Open { since_ms } = self.phase
             && now_ms - since_ms >= self.config.open_ms as i64
         {
-            self.phase = Phase::HalfOpen { admitted: 0, succeeded: 0 };
+            self.phase = Phase::HalfOpen {
+                admitted: 0,
+                succeeded: 0,
+            };
             transition = Some(Transition {
                 at_ms: now_ms,
                 from: BreakerState::Open,
@@ -159,7 +163,8 @@ impl Breaker {
             Phase::Closed => {
                 self.count(now_ms, failed);
                 let (calls, failures) = self.totals();
-                let rate_exceeded = u64::from(failures) * 100 >= u64::from(self.config.failure_rate_pct) * u64::from(calls);
+                let rate_exceeded = u64::from(failures) * 100
+                    >= u64::from(self.config.failure_rate_pct) * u64::from(calls);
                 if calls >= self.config.min_calls && rate_exceeded {
                     return Some(self.open(now_ms, BreakerState::Closed));
                 }
@@ -211,7 +216,7 @@ impl Breaker {
 
     fn count(&mut self, now_ms: i64, failed: bool) {
         self.expire(now_ms);
-        let second = now_ms.div_euclid(1_000);
+        let second = now_ms.div_euclid(self.bucket_ms());
         match self.buckets.back_mut() {
             Some((s, calls, failures)) if *s == second => {
                 *calls += 1;
@@ -221,8 +226,12 @@ impl Breaker {
         }
     }
 
+    fn bucket_ms(&self) -> i64 {
+        (self.config.window_ms as i64 / 10).max(1)
+    }
+
     fn expire(&mut self, now_ms: i64) {
-        let oldest = (now_ms - self.config.window_ms as i64).div_euclid(1_000);
+        let oldest = (now_ms - self.config.window_ms as i64).div_euclid(self.bucket_ms());
         while self.buckets.front().is_some_and(|(s, _, _)| *s <= oldest) {
             self.buckets.pop_front();
         }
@@ -231,7 +240,9 @@ impl Breaker {
     fn totals(&self) -> (u32, u32) {
         self.buckets
             .iter()
-            .fold((0, 0), |(c, f), (_, calls, failures)| (c + calls, f + failures))
+            .fold((0, 0), |(c, f), (_, calls, failures)| {
+                (c + calls, f + failures)
+            })
     }
 }
 
@@ -266,10 +277,10 @@ mod tests {
             // A third of the calls fail, spread out: below 50% at every point.
             assert_eq!(b.record(i * 10, i % 3 == 0, 5), None);
         }
-        // A minute later the old calls have left the window: 10 fresh failures out of 10.
+        // Once the window has passed, the old calls are gone: 10 fresh failures out of 10.
         let mut opened = None;
         for i in 0..10 {
-            opened = opened.or(b.record(70_000 + i, true, 5));
+            opened = opened.or(b.record(12_000 + i, true, 5));
         }
         assert!(opened.is_some());
     }
@@ -284,7 +295,11 @@ mod tests {
         assert!(opened.is_some(), "ten successful but slow calls open it");
         let mut b = breaker();
         for i in 0..10 {
-            assert_eq!(b.record(i, false, 10_000), None, "exactly the threshold is not slow");
+            assert_eq!(
+                b.record(i, false, 10_000),
+                None,
+                "exactly the threshold is not slow"
+            );
         }
     }
 
@@ -304,7 +319,10 @@ mod tests {
         assert_eq!(b.record(30_100, false, 5), None);
         assert_eq!(b.record(30_101, false, 5), None);
         let closed = b.record(30_102, false, 5).expect("third success closes");
-        assert_eq!((closed.from, closed.to), (BreakerState::HalfOpen, BreakerState::Closed));
+        assert_eq!(
+            (closed.from, closed.to),
+            (BreakerState::HalfOpen, BreakerState::Closed)
+        );
         assert!(b.allow(30_103).0);
     }
 
@@ -318,6 +336,10 @@ mod tests {
         let t = b.record(31_001, true, 5).unwrap();
         assert_eq!((t.from, t.to), (BreakerState::HalfOpen, BreakerState::Open));
         assert!(!b.allow(31_002).0);
-        assert_eq!(b.state(61_001), BreakerState::HalfOpen, "open time starts again");
+        assert_eq!(
+            b.state(61_001),
+            BreakerState::HalfOpen,
+            "open time starts again"
+        );
     }
 }

@@ -227,6 +227,8 @@ pub struct Payment {
     pub updated_at_ms: i64,
     pub authorization_ttl_ms: i64,
     pub authorization_expires_at_ms: Option<i64>,
+    /// The outcome stayed unknown past the resolver's patience: a human should look (R4.3).
+    pub escalated: bool,
     /// Number of events applied; storage uses it for optimistic concurrency.
     pub version: u64,
 }
@@ -275,6 +277,13 @@ pub enum Event {
         reason: String,
     },
     Expired,
+    /// The pending authorization moves to another PSP (failover). Only after the previous
+    /// PSP soft-failed, i.e. said it did not act.
+    Rerouted {
+        psp: String,
+    },
+    /// The pending operation's outcome is still unknown after the resolver's patience.
+    Escalated,
 }
 
 impl Event {
@@ -296,6 +305,8 @@ impl Event {
             Event::Refunded { .. } => "refund.succeeded",
             Event::RefundFailed { .. } => "refund.failed",
             Event::Expired => "payment.expired",
+            Event::Rerouted { .. } => "payment.rerouted",
+            Event::Escalated => "payment.escalated",
         }
     }
 }
@@ -387,6 +398,7 @@ impl Payment {
             updated_at_ms: now_ms,
             authorization_ttl_ms: new.authorization_ttl_ms,
             authorization_expires_at_ms: None,
+            escalated: false,
             version: 1,
         };
         Ok((payment, [Event::Created, Event::AuthorizeRequested]))
@@ -664,6 +676,26 @@ pub fn apply(payment: &Payment, event: &Event, now_ms: i64) -> Result<Transition
                 RefundStatus::Failed,
                 Some(reason.clone()),
             );
+        }
+        Event::Rerouted { psp } => {
+            match &payment.pending {
+                Some(Pending {
+                    op: PspOp::Authorize,
+                    outcome_unknown: false,
+                }) => {}
+                Some(_) => return Err(Rejection::OperationInProgress),
+                None => return Err(Rejection::NothingPending),
+            }
+            if *psp == payment.psp {
+                return Err(illegal());
+            }
+            next.psp = psp.clone();
+        }
+        Event::Escalated => {
+            if !payment.pending.as_ref().is_some_and(|p| p.outcome_unknown) || payment.escalated {
+                return Err(illegal());
+            }
+            next.escalated = true;
         }
         Event::Expired => {
             if payment.status != Status::Authorized || payment.pending.is_some() {
@@ -1005,6 +1037,50 @@ mod tests {
         );
         let t = apply(&p, &Event::Expired, 1_010).unwrap();
         assert_eq!(t.payment.status, Status::Expired);
+    }
+
+    #[test]
+    fn only_a_known_failed_authorization_may_move_to_another_psp() {
+        let p = new_payment(CaptureMethod::Automatic);
+        let moved = step(
+            &p,
+            &Event::Rerouted {
+                psp: "sim_b".into(),
+            },
+        );
+        assert_eq!(
+            (moved.psp.as_str(), moved.status),
+            ("sim_b", Status::Authorizing)
+        );
+        assert!(matches!(
+            apply(
+                &p,
+                &Event::Rerouted {
+                    psp: "sim_a".into()
+                },
+                0
+            ),
+            Err(Rejection::IllegalTransition { .. })
+        ));
+        let unknown = step(&p, &Event::OutcomeUnknown);
+        assert_eq!(
+            apply(
+                &unknown,
+                &Event::Rerouted {
+                    psp: "sim_b".into()
+                },
+                0
+            ),
+            Err(Rejection::OperationInProgress),
+            "an authorization in doubt never moves: the first PSP may have acted"
+        );
+        let escalated = step(&unknown, &Event::Escalated);
+        assert!(escalated.escalated);
+        assert!(apply(&escalated, &Event::Escalated, 0).is_err(), "once");
+        assert!(
+            apply(&p, &Event::Escalated, 0).is_err(),
+            "only an unknown outcome escalates"
+        );
     }
 
     #[test]

@@ -56,7 +56,8 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_and_a_cap() {
-        let check = |attempt, jitter, expected| assert_eq!(backoff_ms(attempt, jitter, 60_000), expected);
+        let check =
+            |attempt, jitter, expected| assert_eq!(backoff_ms(attempt, jitter, 60_000), expected);
         check(1, 0, 2_000);
         check(1, 999, 2_999);
         check(2, 1_500, 4_500);

@@ -58,6 +58,10 @@ pub struct Merchant {
     pub api_key_sha256: String,
     pub fee_bps: u32,
     pub created_at_ms: i64,
+    /// Requests per minute sustained, and the burst, of this merchant's token bucket (R2.5);
+    /// 0 means unlimited (the load generator's own merchant).
+    pub rate_per_min: u32,
+    pub burst: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

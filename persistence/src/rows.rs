@@ -46,6 +46,7 @@ pub struct PaymentRow {
     authorization_ttl_ms: i64,
     authorization_expires_at_ms: Option<i64>,
     version: u64,
+    escalated: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -155,6 +156,7 @@ impl From<&Payment> for PaymentRow {
             authorization_ttl_ms: p.authorization_ttl_ms,
             authorization_expires_at_ms: p.authorization_expires_at_ms,
             version: p.version,
+            escalated: p.escalated,
         }
     }
 }
@@ -213,6 +215,7 @@ impl TryFrom<PaymentRow> for Payment {
             updated_at_ms: r.updated_at_ms,
             authorization_ttl_ms: r.authorization_ttl_ms,
             authorization_expires_at_ms: r.authorization_expires_at_ms,
+            escalated: r.escalated,
             version: r.version,
         })
     }
@@ -259,6 +262,10 @@ enum EventKind {
         reason: String,
     },
     Expired,
+    Rerouted {
+        psp: String,
+    },
+    Escalated,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -298,6 +305,8 @@ impl EventRow {
                 EventKind::RefundFailed { refund_id, reason }
             }
             Event::Expired => EventKind::Expired,
+            Event::Rerouted { psp } => EventKind::Rerouted { psp },
+            Event::Escalated => EventKind::Escalated,
         };
         EventRow { at_ms, event }
     }
@@ -332,6 +341,8 @@ impl EventRow {
                 Event::RefundFailed { refund_id, reason }
             }
             EventKind::Expired => Event::Expired,
+            EventKind::Rerouted { psp } => Event::Rerouted { psp },
+            EventKind::Escalated => Event::Escalated,
         };
         Recorded {
             seq,
@@ -392,6 +403,8 @@ pub struct MerchantRow {
     api_key_sha256: String,
     fee_bps: u32,
     created_at_ms: i64,
+    rate_per_min: u32,
+    burst: u32,
 }
 
 impl From<&Merchant> for MerchantRow {
@@ -402,6 +415,8 @@ impl From<&Merchant> for MerchantRow {
             api_key_sha256: m.api_key_sha256.clone(),
             fee_bps: m.fee_bps,
             created_at_ms: m.created_at_ms,
+            rate_per_min: m.rate_per_min,
+            burst: m.burst,
         }
     }
 }
@@ -414,6 +429,8 @@ impl From<MerchantRow> for Merchant {
             api_key_sha256: m.api_key_sha256,
             fee_bps: m.fee_bps,
             created_at_ms: m.created_at_ms,
+            rate_per_min: m.rate_per_min,
+            burst: m.burst,
         }
     }
 }

@@ -233,6 +233,8 @@ async fn concurrent_commits_are_all_durable_after_reopen() {
                 api_key_sha256: "ab".repeat(32),
                 fee_bps: 100,
                 created_at_ms: 1,
+                rate_per_min: 1_000,
+                burst: 100,
             })
             .await
             .unwrap();

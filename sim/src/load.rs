@@ -34,6 +34,9 @@ pub struct Options {
     pub settle_max: Duration,
 }
 
+/// Retries of a payment request answered 504 (still processing) or 409 (in progress).
+const CLIENT_RETRIES_MAX: u32 = 600;
+
 /// Latency histograms hold microseconds up to one hour.
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
@@ -301,7 +304,16 @@ impl Worker {
         let key = format!("{}-{n}", self.run_id);
         let body = json!({"amount": amount, "currency": self.mix.currency, "payment_method": method,
                           "capture_method": capture, "merchant_reference": key});
-        let result = self.post("/v1/payments", &key, body).await;
+        // Like a real client: a 504 "still processing" or a 409 "in progress" is retried with
+        // the same Idempotency-Key (bounded), and latency runs until the final answer.
+        let mut result = self.post("/v1/payments", &key, body.clone()).await;
+        for _ in 0..CLIENT_RETRIES_MAX {
+            if !matches!(result, Ok((504 | 409, _))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            result = self.post("/v1/payments", &key, body.clone()).await;
+        }
         let (status, payment) = match result {
             Ok((201, p)) => (201, p),
             Ok((code, _)) => {

@@ -10,8 +10,9 @@
 //! | `pm_sim_psp_crash`  | the adapter panics mid-call (tests supervision)                  |
 //! | anything else       | drawn from the configured rates                                  |
 //!
-//! Every random choice is a pure function of the seed, the operation's idempotency key and
-//! what is being drawn, so the same requests give the same outcomes in any order and a run can
+//! A soft failure is transient: the same request sent again goes through. Every random
+//! choice is a pure function of the seed, the operation's idempotency key and what is being
+//! drawn, so the same requests give the same outcomes in any order and a run can
 //! be repeated. Capture, void and refund are approved. Every operation is recorded by its
 //! idempotency key: sending it again replays the recorded answer, and `status` reports it.
 //! The book lives in memory: after a crash of the whole process the PSP "forgets".
@@ -209,6 +210,9 @@ fn bump(counter: &AtomicU64) {
 pub struct SimPsp {
     config: SimConfig,
     book: DashMap<String, Record>,
+    /// Keys that already had their one soft failure: soft failures are transient, so the
+    /// same request succeeds when sent again.
+    soft_failed: DashMap<String, ()>,
     started: Instant,
     pub stats: SimStats,
 }
@@ -229,6 +233,7 @@ impl SimPsp {
         SimPsp {
             config,
             book: DashMap::new(),
+            soft_failed: DashMap::new(),
             started: Instant::now(),
             stats: SimStats::default(),
         }
@@ -375,7 +380,15 @@ impl SimPsp {
                         message: "the issuer declined".into(),
                     }
                 } else if draw < soft {
-                    Decision::SoftFailure
+                    let first = self
+                        .soft_failed
+                        .insert(req.idempotency_key.clone(), ())
+                        .is_none();
+                    if first {
+                        Decision::SoftFailure
+                    } else {
+                        Decision::Approve
+                    }
                 } else if draw < timeouts {
                     Decision::Timeout
                 } else {
