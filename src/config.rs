@@ -222,6 +222,8 @@ impl Config {
                 id: p.id.clone(),
                 priority: p.priority,
                 weight: p.weight,
+                inflight_max: p.inflight_max,
+                queue_max: p.queue_max,
             })
             .collect()
     }

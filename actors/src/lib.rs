@@ -138,12 +138,14 @@ impl EngineConfig {
     }
 }
 
-/// A PSP as routing sees it.
-#[derive(Clone, Debug)]
+/// A PSP as routing sees it, with its own bulkhead sizes when they differ from the engine's.
+#[derive(Clone, Debug, Default)]
 pub struct PspRoute {
     pub id: String,
     pub priority: u32,
     pub weight: u32,
+    pub inflight_max: Option<usize>,
+    pub queue_max: Option<usize>,
 }
 
 /// A merchant's request for a new payment, validated by the API.
@@ -407,6 +409,7 @@ impl RialtoBuilder {
                 id: a.id().to_string(),
                 priority: 1,
                 weight: 1,
+                ..PspRoute::default()
             })
             .collect();
         RialtoBuilder {
@@ -439,9 +442,17 @@ impl RialtoBuilder {
             .iter()
             .map(|a| {
                 let id = a.id().to_string();
+                let route = self.routes.iter().find(|r| r.id == id);
+                let limits = PspLimits {
+                    inflight_max: route
+                        .and_then(|r| r.inflight_max)
+                        .unwrap_or(limits.inflight_max),
+                    queue_max: route.and_then(|r| r.queue_max).unwrap_or(limits.queue_max),
+                    ..limits.clone()
+                };
                 (
                     id.clone(),
-                    Arc::new(PspHealth::new(&id, limits.clone(), self.clock.clone())),
+                    Arc::new(PspHealth::new(&id, limits, self.clock.clone())),
                 )
             })
             .collect();

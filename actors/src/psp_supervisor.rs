@@ -158,11 +158,7 @@ impl PspHealth {
             disabled: self.disabled.load(Ordering::Relaxed),
             down: self.down(now),
             calls_in_window: calls,
-            error_rate_pct: if calls == 0 {
-                0
-            } else {
-                failures * 100 / calls
-            },
+            error_rate_pct: (failures * 100).checked_div(calls).unwrap_or(0),
             latency_p95_ms: self.latency_p95_ms(),
             inflight: self.limits.inflight_max - self.inflight.available_permits(),
             waiting: self.waiting.load(Ordering::Relaxed),

@@ -1,122 +1,14 @@
 //! The merchant contract over real HTTP on loopback, against the redb store on a temp dir
 //! and in-process simulated PSPs.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use reqwest::{Client, Response, StatusCode};
+use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use rialto_actors::RialtoBuilder;
-use rialto_actors::psp::PspAdapter;
-use rialto_api::{ApiConfig, AppState};
-use rialto_persistence::{RedbStore, Store, StoreOptions};
-use rialto_sim::{SimConfig, SimPsp};
-
-struct Server {
-    base: String,
-    ops: String,
-    store: Arc<dyn Store>,
-    client: Client,
-    _dir: tempfile::TempDir,
-}
-
-async fn server() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(RedbStore::open(dir.path(), StoreOptions::default()).unwrap());
-    let adapters: Vec<Arc<dyn PspAdapter>> = ["sim_a", "sim_b"]
-        .into_iter()
-        .map(|id| {
-            let config = SimConfig {
-                latency: rialto_sim::Latency::Fixed(Duration::from_millis(1)),
-                ..SimConfig::new(id)
-            };
-            Arc::new(SimPsp::new(config)) as Arc<dyn PspAdapter>
-        })
-        .collect();
-    let mut builder = RialtoBuilder::new(store.clone(), adapters);
-    builder.config.psp_call_timeout = Duration::from_millis(300);
-    builder.config.status_query_backoff = Duration::from_millis(20);
-    let engine = Arc::new(builder.start().await.unwrap());
-    let state = AppState::new(engine, ApiConfig::default());
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", api.local_addr().unwrap());
-    let ops_base = format!("http://{}", ops.local_addr().unwrap());
-    let merchant_router = rialto_api::merchant_router(state.clone());
-    let ops_router = rialto_api::ops_router(state);
-    tokio::spawn(async move { axum::serve(api, merchant_router).await });
-    tokio::spawn(async move { axum::serve(ops, ops_router).await });
-    Server {
-        base,
-        ops: ops_base,
-        store,
-        client: Client::new(),
-        _dir: dir,
-    }
-}
-
-impl Server {
-    async fn merchant(&self, name: &str) -> String {
-        rialto_api::auth::create_merchant(self.store.as_ref(), name, 0, Default::default())
-            .await
-            .unwrap()
-            .1
-    }
-
-    async fn post(&self, key: &str, path: &str, idem: &str, body: Value) -> Response {
-        self.client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(key)
-            .header("Idempotency-Key", idem)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn get(&self, key: &str, path: &str) -> Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn raw(&self, key: &str, body: &'static str, content_type: &str) -> Response {
-        self.client
-            .post(format!("{}/v1/payments", self.base))
-            .bearer_auth(key)
-            .header("Idempotency-Key", format!("raw-{}", body.len()))
-            .header("Content-Type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn pay(&self, key: &str, idem: &str, body: Value) -> Value {
-        let r = self.post(key, "/v1/payments", idem, body).await;
-        assert_eq!(r.status(), StatusCode::CREATED);
-        r.json().await.unwrap()
-    }
-}
-
-async fn problem(r: Response, status: StatusCode) -> Value {
-    assert_eq!(r.status(), status);
-    assert_eq!(
-        r.headers()["content-type"].to_str().unwrap(),
-        "application/problem+json"
-    );
-    let body: Value = r.json().await.unwrap();
-    for field in ["type", "title", "status", "detail"] {
-        assert!(body.get(field).is_some(), "problem without {field}: {body}");
-    }
-    assert_eq!(body["status"], status.as_u16());
-    body
-}
+use common::{problem, server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_capture_approve_and_decline() {

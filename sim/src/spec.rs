@@ -80,6 +80,9 @@ pub struct PspSpec {
     pub seed: u64,
     pub url: Option<String>,
     pub secret: Option<String>,
+    /// This PSP's bulkhead, if not the engine's `psp_inflight_max` / `psp_queue_max`.
+    pub inflight_max: Option<usize>,
+    pub queue_max: Option<usize>,
     #[serde(rename = "incident")]
     pub incidents: Vec<IncidentSpec>,
 }
@@ -102,6 +105,8 @@ impl Default for PspSpec {
             seed: 0x5eed,
             url: None,
             secret: None,
+            inflight_max: None,
+            queue_max: None,
             incidents: Vec::new(),
         }
     }
