@@ -66,6 +66,8 @@ pub struct Measurements {
     /// Final status of each payment (`http_<code>`, `transport_error` for failed requests).
     pub outcomes: BTreeMap<String, u64>,
     pub by_psp: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Payment creation latency by PSP, in microseconds.
+    pub by_psp_latency_us: BTreeMap<String, Histogram<u64>>,
     pub series: Vec<Second>,
     pub dropped_arrivals: u64,
     pub unresolved_after_settle: u64,
@@ -120,6 +122,8 @@ struct Inner {
     per_second: Vec<(Second, Histogram<u64>)>,
     /// payment id → (psp, last status)
     payments: BTreeMap<String, (String, String)>,
+    /// Payment creation latency by the PSP that took the payment, in microseconds.
+    by_psp_latency: BTreeMap<String, Histogram<u64>>,
     failures: BTreeMap<String, u64>,
 }
 
@@ -175,6 +179,16 @@ impl Recorder {
             let _ = slot.1.record(us);
             let _ = inner.latency_us.as_mut().map(|h| h.record(us));
         }
+    }
+
+    fn psp_latency(&self, psp: &str, latency: Duration) {
+        let us = (latency.as_micros() as u64).clamp(1, 3_600_000_000);
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let h = inner
+            .by_psp_latency
+            .entry(psp.to_string())
+            .or_insert_with(histogram);
+        let _ = h.record(us); // Clamped into range above.
     }
 
     fn payment(&self, id: &str, psp: &str, status: &str) {
@@ -330,10 +344,11 @@ impl Worker {
             }
         };
         debug_assert_eq!(status, 201);
-        self.recorder
-            .record(Kind::Payment, scheduled, scheduled.elapsed(), false);
+        let took = scheduled.elapsed();
+        self.recorder.record(Kind::Payment, scheduled, took, false);
         let id = payment["id"].as_str().unwrap_or_default().to_string();
         let psp = payment["psp"].as_str().unwrap_or_default().to_string();
+        self.recorder.psp_latency(&psp, took);
         let mut last = payment["status"].as_str().unwrap_or_default().to_string();
         let follow = match (flow, last.as_str()) {
             (Flow::Manual, "authorized") => Some((format!("/v1/payments/{id}/capture"), json!({}))),
@@ -584,6 +599,7 @@ fn finish(
         latency_all_us: inner.latency_all_us.take().unwrap_or_else(histogram),
         outcomes,
         by_psp,
+        by_psp_latency_us: std::mem::take(&mut inner.by_psp_latency),
         series,
         dropped_arrivals: recorder.dropped.load(Ordering::Relaxed),
         unresolved_after_settle: unresolved,

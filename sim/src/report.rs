@@ -54,9 +54,10 @@ pub fn build(scenario: &Scenario, scale: f64, m: &Measurements, extras: &Extras)
             .get(id)
             .map(|c| c.iter().copied().collect())
             .unwrap_or_default();
+        let latency = m.by_psp_latency_us.get(id).map(percentiles);
         psps.insert(
             id.clone(),
-            json!({ "payments": payments, "outcomes": outcomes, "calls": calls }),
+            json!({ "payments": payments, "outcomes": outcomes, "calls": calls, "latency_ms": latency }),
         );
     }
     let mut report = json!({
