@@ -3,18 +3,17 @@
 //! Every acknowledged payment must still be there, every payment must reach a terminal state,
 //! none may be captured twice, and `rialto ledger check` must pass.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rialto");
 const CONFIG: &str = r#"
 [engine]
 psp_call_timeout_ms = 300
@@ -26,37 +25,22 @@ sweep_interval_ms = 500
 request_timeout_ms = 10000
 "#;
 
-/// Starts `rialto serve` and returns it with its API base URL.
+/// Starts `rialto serve` on the test's data dir and returns it with its API base URL.
 async fn serve(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.join("data"))
-        .arg("--config")
-        .arg(dir.join("rialto.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn rialto serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.strip_prefix("rialto listening: api ") {
-                return rest.split_whitespace().next().unwrap().to_string();
-            }
-        }
-        panic!("rialto serve exited before listening");
-    })
-    .await
-    .expect("rialto serve starts within 30 s");
-    (child, base)
+    let data = dir.join("data");
+    let config = dir.join("rialto.toml");
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--ops-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    common::spawn(&args, "rialto listening").await
 }
 
 fn terminal(status: &str) -> bool {
@@ -102,25 +86,8 @@ async fn all_payments(client: &reqwest::Client, base: &str, key: &str) -> Vec<Va
 async fn kill_9_mid_load_loses_nothing_and_captures_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("rialto.toml"), CONFIG).unwrap();
-    let created = std::process::Command::new(BIN)
-        .args([
-            "merchant",
-            "create",
-            "--name",
-            "crash-test",
-            "--rate-per-min",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(created.status.success());
-    let key = String::from_utf8(created.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
-    assert!(key.starts_with("sk_"), "only the key on stdout");
+    let data = dir.path().join("data");
+    let key = common::merchant(data.to_str().unwrap(), "crash-test");
 
     let (mut child, base) = serve(dir.path()).await;
     let client = reqwest::Client::builder()
@@ -238,13 +205,8 @@ async fn kill_9_mid_load_loses_nothing_and_captures_nothing_twice() {
 
     child.start_kill().unwrap();
     child.wait().await.unwrap();
-    let check = std::process::Command::new(BIN)
-        .args(["ledger", "check", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&check.stdout);
+    let (balanced, report) = common::ledger_check(data.to_str().unwrap());
     eprintln!("{report}");
-    assert!(check.status.success(), "ledger check failed:\n{report}");
+    assert!(balanced, "ledger check failed:\n{report}");
     assert!(report.contains(&format!("payments: {}", payments.len())));
 }

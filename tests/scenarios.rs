@@ -2,12 +2,14 @@
 //! in well under a minute): each ends with a balanced ledger, a report.json in the documented
 //! schema, a report.html, and the outcome mix its configuration implies.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rialto");
+use common::BIN;
 
 /// One scenario at a time: each is a whole Rialto under load, and at this scale their timeouts
 /// are a few hundred milliseconds, which six of them sharing two cores would blow.

@@ -2,43 +2,14 @@
 //! it through the HTTP adapter (signed calls), and `rialto sim --target` drives the server.
 //! The payments go end to end and the ledger balances.
 
+mod common;
+
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rialto");
-
-/// Spawns `rialto` and returns it once it prints the line starting with `prefix`, with the
-/// first URL on that line.
-async fn spawn(args: &[&str], prefix: &str) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn rialto");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.starts_with(prefix) {
-                return line
-                    .split_whitespace()
-                    .find(|w| w.starts_with("http://"))
-                    .unwrap()
-                    .to_string();
-            }
-        }
-        panic!("rialto {args:?} exited before printing {prefix:?}");
-    })
-    .await
-    .expect("started within 30 s");
-    (child, url)
-}
+use common::BIN;
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
@@ -54,7 +25,7 @@ async fn psp_sim_serve_and_sim_target_work_together() {
         "psp.toml",
         "[psp]\nid = \"remote\"\nsecret = \"loopback-secret\"\nlatency = { kind = \"fixed\", ms = 2 }\n",
     );
-    let (mut psp, psp_url) = spawn(
+    let (mut psp, psp_url) = common::spawn(
         &[
             "psp-sim",
             "--listen",
@@ -68,24 +39,7 @@ async fn psp_sim_serve_and_sim_target_work_together() {
 
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let created = std::process::Command::new(BIN)
-        .args([
-            "merchant",
-            "create",
-            "--name",
-            "e2e",
-            "--rate-per-min",
-            "0",
-            "--data-dir",
-            data,
-        ])
-        .output()
-        .unwrap();
-    assert!(created.status.success());
-    let key = String::from_utf8(created.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let key = common::merchant(data, "e2e");
     let serve_config = write(
         dir.path(),
         "rialto.toml",
@@ -93,7 +47,7 @@ async fn psp_sim_serve_and_sim_target_work_together() {
             "[engine]\npsp_call_timeout_ms = 2000\n\n[[psp]]\nid = \"remote\"\nkind = \"http\"\nurl = \"{psp_url}\"\nsecret = \"loopback-secret\"\n"
         ),
     );
-    let (mut serve, api_url) = spawn(
+    let (mut serve, api_url) = common::spawn(
         &[
             "serve",
             "--config",
@@ -158,12 +112,8 @@ async fn psp_sim_serve_and_sim_target_work_together() {
     serve.wait().await.unwrap();
     psp.start_kill().unwrap();
     psp.wait().await.unwrap();
-    let check = std::process::Command::new(BIN)
-        .args(["ledger", "check", "--data-dir", data])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{text}");
+    let (balanced, text) = common::ledger_check(data);
+    assert!(balanced, "{text}");
     assert!(
         text.contains(&format!("journal entries: {payments}")),
         "{text}"

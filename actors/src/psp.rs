@@ -14,6 +14,18 @@ pub struct Capabilities {
     pub currencies: Vec<Currency>,
 }
 
+impl Capabilities {
+    /// Every operation, partial ones included, in every currency Rialto knows.
+    pub fn full() -> Capabilities {
+        Capabilities {
+            partial_capture: true,
+            partial_refund: true,
+            void: true,
+            currencies: Currency::ALL.to_vec(),
+        }
+    }
+}
+
 /// One call to a PSP. The idempotency key is stable per payment operation, so the PSP can
 /// deduplicate a resend and answer a status query about it.
 #[derive(Clone, Debug, PartialEq, Eq)]

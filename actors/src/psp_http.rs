@@ -16,8 +16,6 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use rialto_engine::Currency;
-
 use crate::psp::{Capabilities, OperationStatus, PspAdapter, PspOutcome, PspRequest};
 
 pub const SIGNATURE_HEADER: &str = "x-psp-signature";
@@ -297,12 +295,7 @@ impl PspAdapter for HttpPsp {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            partial_capture: true,
-            partial_refund: true,
-            void: true,
-            currencies: Currency::ALL.to_vec(),
-        }
+        Capabilities::full()
     }
 
     async fn authorize(&self, req: &PspRequest) -> PspOutcome {

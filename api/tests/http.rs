@@ -29,18 +29,7 @@ async fn automatic_capture_approve_and_decline() {
         .await
         .unwrap();
     assert_eq!(fetched, p);
-    let events: Value = s
-        .get(&key, &format!("/v1/payments/{id}/events"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let types: Vec<_> = events["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap())
-        .collect();
+    let types = s.event_types(&key, id).await;
     assert_eq!(
         types,
         [

@@ -24,7 +24,6 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 
 use rialto_actors::psp::{Capabilities, OperationStatus, PspAdapter, PspOutcome, PspRequest};
-use rialto_engine::Currency;
 
 /// How long a PSP takes to answer.
 #[derive(Clone, Debug, PartialEq)]
@@ -421,12 +420,7 @@ impl PspAdapter for SimPsp {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            partial_capture: true,
-            partial_refund: true,
-            void: true,
-            currencies: Currency::ALL.to_vec(),
-        }
+        Capabilities::full()
     }
 
     async fn authorize(&self, req: &PspRequest) -> PspOutcome {
@@ -465,7 +459,7 @@ impl PspAdapter for SimPsp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rialto_engine::Money;
+    use rialto_engine::{Currency, Money};
 
     fn req(key: &str, method: &str) -> PspRequest {
         PspRequest {

@@ -76,6 +76,22 @@ pub async fn server_with(
 }
 
 impl Server {
+    /// The event types of a payment, oldest first.
+    pub async fn event_types(&self, key: &str, id: &str) -> Vec<String> {
+        let events: Value = self
+            .get(key, &format!("/v1/payments/{id}/events"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        events["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     pub async fn merchant(&self, name: &str) -> String {
         self.merchant_limited(name, Default::default()).await
     }
