@@ -252,7 +252,7 @@ impl Deps {
         *self.transactions.write().unwrap_or_else(|e| e.into_inner()) = Some(actor);
     }
 
-    fn transactions(&self) -> Option<ActorRef<TxnMsg>> {
+    pub(crate) fn transactions(&self) -> Option<ActorRef<TxnMsg>> {
         self.transactions
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -264,7 +264,7 @@ impl Deps {
             Some(txn) => {
                 // The job comes back inside the error; refuse it rather than drop it.
                 if let Err(ractor::MessagingErr::SendErr(TxnMsg::Start(job))) =
-                    txn.send_message(TxnMsg::Start(job))
+                    txn.send_message(TxnMsg::Start(Box::new(job)))
                 {
                     job.refuse(CommandError::ShuttingDown);
                 }

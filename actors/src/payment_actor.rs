@@ -19,6 +19,7 @@ use rialto_persistence::{Commit, IdempotencyRecord, IdempotencyWrite, StoreError
 
 use crate::psp::{OperationStatus, PspOutcome, PspRequest};
 use crate::psp_supervisor::{PspAnswer, PspCall, PspMsg};
+use crate::txn_supervisor::TxnMsg;
 use crate::{CommandError, CreatePayment, Deps, FaultPoint, IdempotencySpec};
 
 /// What a merchant (or recovery) asked for.
@@ -100,6 +101,7 @@ impl Actor for PaymentActor {
         if let Some(PaymentArgs { deps, job }) = state.take() {
             Driver {
                 deps,
+                actor: myself.get_id(),
                 payment_id: job.payment_id.clone(),
                 idempotency: job.idempotency,
                 reply: job.reply,
@@ -115,6 +117,7 @@ impl Actor for PaymentActor {
 
 struct Driver {
     deps: Arc<Deps>,
+    actor: ractor::ActorId,
     payment_id: String,
     idempotency: Option<IdempotencySpec>,
     reply: Option<JobReply>,
@@ -147,8 +150,8 @@ impl Driver {
         let result = self.start(merchant_id, command).await;
         match result {
             Ok(Some(p)) => self.drive(p).await,
-            Ok(None) => self.respond(Err(CommandError::NotFound)),
-            Err(e) => self.respond(Err(e)),
+            Ok(None) => self.finish(Err(CommandError::NotFound)),
+            Err(e) => self.finish(Err(e)),
         }
     }
 
@@ -225,7 +228,7 @@ impl Driver {
         let mut attempts = 0u32;
         loop {
             let Some(effect) = p.effects().into_iter().next() else {
-                self.respond(Ok(p));
+                self.finish(Ok(p));
                 return;
             };
             let resolution = match &effect {
@@ -281,7 +284,7 @@ impl Driver {
                 Ok(next) => p = next,
                 Err(e) => {
                     tracing::error!(payment_id = %p.id, error = %e, "payment transition failed");
-                    self.respond(Err(e));
+                    self.finish(Err(e));
                     return;
                 }
             }
@@ -448,6 +451,19 @@ impl Driver {
                 PspOutcome::HardDecline { code, message },
             )),
         }
+    }
+
+    /// The job's last word: free the payment for its next command, then answer.
+    fn finish(&mut self, result: Result<Payment, CommandError>) {
+        if let Some(txn) = self.deps.transactions() {
+            let done = TxnMsg::Done {
+                payment_id: self.payment_id.clone(),
+                actor: self.actor,
+            };
+            // If the supervisor is gone, so is the busy mark: nothing to free.
+            let _ = txn.send_message(done);
+        }
+        self.respond(result);
     }
 
     fn respond(&mut self, result: Result<Payment, CommandError>) {

@@ -13,7 +13,13 @@ use crate::payment_actor::{Command, Job, PaymentActor, PaymentArgs};
 use crate::{CommandError, Deps};
 
 pub enum TxnMsg {
-    Start(Job),
+    Start(Box<Job>),
+    /// A payment actor finished its job: the payment may take its next command. Sent before
+    /// the actor answers, so a merchant's next request always finds the payment free.
+    Done {
+        payment_id: String,
+        actor: ActorId,
+    },
 }
 
 pub struct TxnSupervisor;
@@ -56,9 +62,16 @@ impl TxnState {
         }
     }
 
+    /// Frees the payment, unless a newer actor already holds it.
+    fn release(&mut self, payment_id: &str, actor: ActorId) {
+        if self.busy.get(payment_id) == Some(&actor) {
+            self.busy.remove(payment_id);
+        }
+    }
+
     fn forget(&mut self, actor: ActorId) -> Option<String> {
         let payment_id = self.running.remove(&actor)?;
-        self.busy.remove(&payment_id);
+        self.release(&payment_id, actor);
         metrics::gauge!("rialto_transactions_in_flight").set(self.running.len() as f64);
         Some(payment_id)
     }
@@ -89,7 +102,8 @@ impl Actor for TxnSupervisor {
         state: &mut TxnState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            TxnMsg::Start(job) => state.spawn(&myself, job).await,
+            TxnMsg::Start(job) => state.spawn(&myself, *job).await,
+            TxnMsg::Done { payment_id, actor } => state.release(&payment_id, actor),
         }
         Ok(())
     }
