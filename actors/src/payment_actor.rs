@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use rialto_engine::ledger::fee_for;
 use rialto_engine::policy::backoff_ms;
-use rialto_engine::{Effect, Event, Payment, PspOp, Rejection, Status, apply};
+use rialto_engine::{CaptureMethod, Effect, Event, Payment, PspOp, Rejection, Status, apply};
 use rialto_persistence::{Commit, IdempotencyRecord, IdempotencyWrite, StoreError};
 
 use crate::psp::{OperationStatus, PspOutcome, PspRequest};
@@ -243,6 +243,23 @@ impl Driver {
                     } {
                         Retry::Again => continue,
                         Retry::Moved(psp) => Resolution::Events(vec![Event::Rerouted { psp }]),
+                        // Nobody will ask again for an automatic capture: park it, pending
+                        // and durable, for the sweeper to finish when the PSP takes it.
+                        Retry::GiveUp
+                            if soft
+                                && matches!(op, PspOp::Capture { .. })
+                                && p.capture_method == CaptureMethod::Automatic =>
+                        {
+                            if !self.deferred.is_empty()
+                                && let Err(e) = self.commit(p.clone(), Vec::new(), None).await
+                            {
+                                self.finish(Err(e));
+                                return;
+                            }
+                            metrics::counter!("rialto_captures_parked_total").increment(1);
+                            self.finish(Ok(p));
+                            return;
+                        }
                         Retry::GiveUp => Resolution::Events(events_for_outcome(&p, op, outcome)),
                     }
                 }

@@ -484,3 +484,74 @@ async fn an_outcome_that_stays_unknown_is_escalated_not_retried() {
         "the authorization was sent once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_capture_the_psp_cannot_take_yet_is_finished_later() {
+    // The PSP authorizes, then refuses everything for a while: the capture soft-fails past its
+    // retries, and must be finished by the sweeper once the PSP is back, not left authorized.
+    let psp = Arc::new(SimPsp::new(SimConfig {
+        latency: Latency::Fixed(Duration::from_millis(30)),
+        incidents: vec![Incident {
+            kind: IncidentKind::Outage,
+            start: Duration::from_millis(200),
+            end: Duration::from_millis(700),
+        }],
+        ..SimConfig::new("flaky")
+    }));
+    let s = server_with(
+        vec![psp.clone() as Arc<dyn PspAdapter>],
+        |b| {
+            b.config.retry_backoff_max = Duration::from_millis(10);
+            b.config.sweep_interval = Duration::from_millis(100);
+            b.config.breaker.min_calls = 1_000; // keep the breaker out of this test
+        },
+        ApiConfig::default(),
+    )
+    .await;
+    let key = s.merchant("shop").await;
+    // Authorize lands before the outage (t ≈ 30 ms); start the payment at ≈ 170 ms so the
+    // capture (t ≈ 200 ms) meets it.
+    tokio::time::sleep(Duration::from_millis(170)).await;
+    let p: Value = s
+        .post(&key, "/v1/payments", "parked", payment("pm_sim_approve"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = p["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now: Value = s
+            .get(&key, &format!("/v1/payments/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if now["status"] == "captured" {
+            break;
+        }
+        assert_ne!(
+            now["status"], "authorized",
+            "an automatic capture was abandoned: {now}"
+        );
+        assert!(Instant::now() < deadline, "never captured: {now}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let types = s.event_types(&key, &id).await;
+    let attempts = types
+        .iter()
+        .filter(|t| *t == "payment.capture_requested")
+        .count();
+    assert!(
+        types.len() <= 12 && attempts == 1,
+        "retries stay bounded: {types:?}"
+    );
+    assert!(
+        psp.stats
+            .refused_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the capture met the outage"
+    );
+    assert!(s.store.ledger_check().await.unwrap().balanced());
+}

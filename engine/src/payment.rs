@@ -439,11 +439,13 @@ impl Payment {
         }
     }
 
-    /// The event automatic capture adds right after an authorization, if any.
+    /// The event automatic capture adds right after an authorization, if any. Never after a
+    /// failed capture: that would retry it without bound.
     pub fn follow_up(&self) -> Option<Event> {
         (self.status == Status::Authorized
             && self.capture_method == CaptureMethod::Automatic
-            && self.pending.is_none())
+            && self.pending.is_none()
+            && self.failure.is_none())
         .then_some(Event::CaptureRequested {
             amount_minor: self.amount.amount_minor,
         })
@@ -904,6 +906,20 @@ mod tests {
             },
         );
         assert!(!authorizing.may_defer_commit(&declined));
+    }
+
+    #[test]
+    fn automatic_capture_does_not_follow_a_failed_capture() {
+        let p = authorized(CaptureMethod::Automatic);
+        let p = step(&p, &p.follow_up().unwrap());
+        let failed = step(
+            &p,
+            &Event::CaptureFailed {
+                reason: "psp".into(),
+            },
+        );
+        assert_eq!(failed.status, Status::Authorized);
+        assert_eq!(failed.follow_up(), None);
     }
 
     #[test]
