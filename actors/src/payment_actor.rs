@@ -245,11 +245,7 @@ impl Driver {
                         Retry::Moved(psp) => Resolution::Events(vec![Event::Rerouted { psp }]),
                         // Nobody will ask again for an automatic capture: park it, pending
                         // and durable, for the sweeper to finish when the PSP takes it.
-                        Retry::GiveUp
-                            if soft
-                                && matches!(op, PspOp::Capture { .. })
-                                && p.capture_method == CaptureMethod::Automatic =>
-                        {
+                        Retry::GiveUp if soft && parks(&p, op) => {
                             if !self.deferred.is_empty()
                                 && let Err(e) = self.commit(p.clone(), Vec::new(), None).await
                             {
@@ -294,6 +290,13 @@ impl Driver {
                     };
                     let outcome = self.call_psp(&p, op).await;
                     self.fault(&p, FaultPoint::PspAnswered);
+                    let soft = matches!(outcome, PspOutcome::SoftFailure { .. });
+                    if soft && parks(&p, op) {
+                        // Still durable as it was (pending, in doubt): the sweeper asks again.
+                        metrics::counter!("rialto_captures_parked_total").increment(1);
+                        self.finish(Ok(p));
+                        return;
+                    }
                     events_for_outcome(&p, op, outcome)
                 }
             };
@@ -502,6 +505,12 @@ impl Driver {
             let _ = reply.send(result); // The requester may have timed out; the work stands.
         }
     }
+}
+
+/// An automatic capture the PSP would not take is parked rather than failed: nobody else
+/// would ever ask for it again.
+fn parks(p: &Payment, op: &PspOp) -> bool {
+    matches!(op, PspOp::Capture { .. }) && p.capture_method == CaptureMethod::Automatic
 }
 
 /// The events a PSP's answer to `op` records. Pure.

@@ -82,7 +82,9 @@ pub struct PspHealth {
     disabled: AtomicBool,
     down_until_ms: AtomicI64,
     panics: Mutex<VecDeque<i64>>,
-    latencies_ms: Mutex<VecDeque<u64>>,
+    /// (when, latency) of recent calls, kept for one breaker window: a PSP nobody calls
+    /// any more must not stay "slow" on old figures.
+    latencies_ms: Mutex<VecDeque<(i64, u64)>>,
     transitions: Mutex<VecDeque<BreakerChange>>,
 }
 
@@ -165,22 +167,23 @@ impl PspHealth {
         }
     }
 
-    pub fn latency_samples(&self) -> usize {
-        self.latencies_ms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+    /// Latencies of calls within the last breaker window, oldest first.
+    fn recent_latencies(&self) -> Vec<u64> {
+        let horizon = self.clock.now_ms() - self.limits.breaker.window_ms as i64;
+        let mut l = self.latencies_ms.lock().unwrap_or_else(|e| e.into_inner());
+        while l.front().is_some_and(|(at, _)| *at < horizon) {
+            l.pop_front();
+        }
+        l.iter().map(|(_, ms)| *ms).collect()
     }
 
-    /// p95 of the last calls' latency (0 before any call).
+    pub fn latency_samples(&self) -> usize {
+        self.recent_latencies().len()
+    }
+
+    /// p95 of the latency of calls within the last window (0 without any).
     pub fn latency_p95_ms(&self) -> u64 {
-        let mut samples: Vec<u64> = self
-            .latencies_ms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .copied()
-            .collect();
+        let mut samples = self.recent_latencies();
         if samples.is_empty() {
             return 0;
         }
@@ -220,7 +223,7 @@ impl PspHealth {
             if l.len() == LATENCY_SAMPLES {
                 l.pop_front();
             }
-            l.push_back(ms);
+            l.push_back((self.clock.now_ms(), ms));
         }
         let t = self.breaker().record(self.clock.now_ms(), failed, ms);
         self.note(t);
@@ -421,5 +424,41 @@ fn synthetic_status(answer: &PspAnswer) -> &'static str {
         PspAnswer::Outcome(PspOutcome::Unknown { .. }) => "504",
         PspAnswer::Status(OperationStatus::NotFound) => "404",
         PspAnswer::Status(_) => "200",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicI64;
+
+    struct ManualClock(AtomicI64);
+
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> i64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    /// Old latency figures expire with the breaker window: a PSP that stopped getting traffic
+    /// after a slow spell does not stay "slow" (and shunned by routing) forever.
+    #[test]
+    fn latency_figures_expire_with_the_window() {
+        let clock = Arc::new(ManualClock(AtomicI64::new(0)));
+        let limits = PspLimits {
+            breaker: BreakerConfig::default(),
+            inflight_max: 4,
+            queue_max: 4,
+            crash_max: 5,
+            crash_window: Duration::from_secs(60),
+        };
+        let health = PspHealth::new("psp", limits, clock.clone());
+        for _ in 0..30 {
+            health.observe(Duration::from_secs(12), false);
+        }
+        assert_eq!(health.latency_p95_ms(), 12_000);
+        assert_eq!(health.latency_samples(), 30);
+        clock.0.store(10_001, Ordering::Relaxed);
+        assert_eq!((health.latency_p95_ms(), health.latency_samples()), (0, 0));
     }
 }

@@ -503,7 +503,14 @@ async fn an_automatic_capture_the_psp_cannot_take_yet_is_finished_later() {
         |b| {
             b.config.retry_backoff_max = Duration::from_millis(10);
             b.config.sweep_interval = Duration::from_millis(100);
-            b.config.breaker.min_calls = 1_000; // keep the breaker out of this test
+            // The breaker opens on the first refused capture and stays open past the outage,
+            // so the sweeper's resend meets it too: parked again, not failed.
+            b.config.breaker = BreakerConfig {
+                window_ms: 1_000,
+                min_calls: 1,
+                open_ms: 800,
+                ..BreakerConfig::default()
+            };
         },
         ApiConfig::default(),
     )
