@@ -279,8 +279,7 @@ impl Deps {
             .routes
             .iter()
             .map(|r| {
-                let health = &self.health[&r.id];
-                let report = health.report();
+                let report = self.health[&r.id].report();
                 // Hints speak only with enough data: one early failure must not steer all
                 // traffic away (and starve the breaker of the calls it decides on).
                 let enough_calls = report.calls_in_window >= self.config.breaker.min_calls;

@@ -98,6 +98,8 @@ pub struct HealthReport {
     pub down: bool,
     pub calls_in_window: u32,
     pub error_rate_pct: u32,
+    /// Calls within the last window behind `latency_p95_ms`.
+    pub latency_samples: usize,
     pub latency_p95_ms: u64,
     pub inflight: usize,
     pub waiting: usize,
@@ -147,21 +149,27 @@ impl PspHealth {
         self.disabled.store(disabled, Ordering::Relaxed);
     }
 
+    /// Everything routing and `/readyz` read, in one pass: one breaker lock, one copy of the
+    /// recent latencies (this runs for every payment routed).
     pub fn report(&self) -> HealthReport {
         let now = self.clock.now_ms();
-        let (state, (calls, failures)) = {
+        let (state, (calls, failures), would_allow) = {
             let mut b = self.breaker();
-            (b.state(now), b.window(now))
+            (b.state(now), b.window(now), b.would_allow(now))
         };
+        let disabled = self.disabled.load(Ordering::Relaxed);
+        let down = self.down(now);
+        let mut samples = self.recent_latencies();
         HealthReport {
             psp: self.id.clone(),
             breaker: state,
-            can_take: self.can_take(),
-            disabled: self.disabled.load(Ordering::Relaxed),
-            down: self.down(now),
+            can_take: !disabled && !down && !self.bulkhead_full() && would_allow,
+            disabled,
+            down,
             calls_in_window: calls,
             error_rate_pct: (failures * 100).checked_div(calls).unwrap_or(0),
-            latency_p95_ms: self.latency_p95_ms(),
+            latency_samples: samples.len(),
+            latency_p95_ms: p95(&mut samples),
             inflight: self.limits.inflight_max - self.inflight.available_permits(),
             waiting: self.waiting.load(Ordering::Relaxed),
         }
@@ -175,20 +183,6 @@ impl PspHealth {
             l.pop_front();
         }
         l.iter().map(|(_, ms)| *ms).collect()
-    }
-
-    pub fn latency_samples(&self) -> usize {
-        self.recent_latencies().len()
-    }
-
-    /// p95 of the latency of calls within the last window (0 without any).
-    pub fn latency_p95_ms(&self) -> u64 {
-        let mut samples = self.recent_latencies();
-        if samples.is_empty() {
-            return 0;
-        }
-        samples.sort_unstable();
-        samples[(samples.len() * 95).div_ceil(100) - 1]
     }
 
     pub fn transitions(&self) -> Vec<BreakerChange> {
@@ -310,6 +304,15 @@ impl Actor for PspSupervisor {
         }
         Ok(())
     }
+}
+
+/// The 95th percentile (0 without samples).
+fn p95(samples: &mut [u64]) -> u64 {
+    if samples.is_empty() {
+        return 0;
+    }
+    samples.sort_unstable();
+    samples[(samples.len() * 95).div_ceil(100) - 1]
 }
 
 fn refused(call: PspCall, reason: &str) -> PspAnswer {
@@ -456,9 +459,10 @@ mod tests {
         for _ in 0..30 {
             health.observe(Duration::from_secs(12), false);
         }
-        assert_eq!(health.latency_p95_ms(), 12_000);
-        assert_eq!(health.latency_samples(), 30);
+        let r = health.report();
+        assert_eq!((r.latency_p95_ms, r.latency_samples), (12_000, 30));
         clock.0.store(10_001, Ordering::Relaxed);
-        assert_eq!((health.latency_p95_ms(), health.latency_samples()), (0, 0));
+        let r = health.report();
+        assert_eq!((r.latency_p95_ms, r.latency_samples), (0, 0));
     }
 }
