@@ -295,7 +295,7 @@ impl Deps {
                     } else {
                         0
                     },
-                    latency_p95_ms: if health.latency_samples() >= HINT_SAMPLES_MIN {
+                    latency_p95_ms: if report.latency_samples >= HINT_SAMPLES_MIN {
                         report.latency_p95_ms
                     } else {
                         0
@@ -552,6 +552,11 @@ impl Rialto {
             .collect();
         all.sort_by_key(|t| t.at_ms);
         all
+    }
+
+    /// The storage monitor's last verdict: its durable probe commit succeeded.
+    pub fn store_healthy(&self) -> bool {
+        self.deps.store_healthy.load(Ordering::Relaxed)
     }
 
     /// Why new payments are refused now, if they are.

@@ -247,13 +247,13 @@ async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-/// Deep health (R2.7): the store (a durable probe commit), each PSP's supervisor, breaker,
+/// Deep health (R2.7): the store (the monitor's durable probe commit, every
+/// `health_interval` — the same verdict read-only mode uses), each PSP's supervisor, breaker,
 /// bulkhead and recent figures, and read-only mode. 200 `ready`; 200 `degraded` while
 /// read-only (reads are still served); 503 `not_ready` when storage fails or a PSP supervisor
 /// is missing.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let store = tokio::time::timeout(Duration::from_secs(2), state.store.health()).await;
-    let store_ok = matches!(store, Ok(Ok(())));
+    let store_ok = state.engine.store_healthy();
     let supervisors_ok = state.engine.psps_up() == state.engine.psp_ids().len();
     let read_only = state.engine.read_only_reason();
     let psps: Vec<_> = state
