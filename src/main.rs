@@ -3,6 +3,7 @@
 
 mod config;
 mod server;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use rialto_sim::scenario::Scenario;
 use rialto_sim::spec::PspSpec;
 
 use crate::config::Config;
+use crate::telemetry::{LogFormat, Telemetry};
 
 /// glibc's allocator spends a sixth of a payment's CPU under load (profiled with perf);
 /// mimalloc's per-thread heaps remove most of that.
@@ -38,6 +40,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as JSON (with trace, span and correlation ids) or as text for a terminal.
+    #[arg(long, global = true, env = "RIALTO_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+    /// Export traces by OTLP/gRPC to this collector (e.g. http://127.0.0.1:4317); off if unset.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -157,13 +165,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     #[cfg(unix)]
     raise_fd_limit();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,ractor=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -174,7 +175,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let telemetry = {
+        let _runtime = runtime.enter();
+        match Telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref()) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("rialto: cannot set up logs and traces: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let outcome = run(cli.command).await;
+        // Spans still queued for export go out before the process ends.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        outcome
+    });
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rialto: {e:#}");

@@ -611,6 +611,8 @@ impl Rialto {
             command,
             idempotency,
             reply: Some(reply),
+            // The request's span (the API's), so the payment's trace continues in the actor.
+            span: tracing::Span::current(),
         };
         (job, done)
     }

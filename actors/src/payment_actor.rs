@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use rialto_engine::ledger::fee_for;
 use rialto_engine::policy::backoff_ms;
@@ -39,6 +40,20 @@ pub enum Command {
     Expire,
 }
 
+impl Command {
+    /// A short name for traces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Create(_) => "create",
+            Command::Capture { .. } => "capture",
+            Command::Cancel => "cancel",
+            Command::Refund { .. } => "refund",
+            Command::Resume => "resume",
+            Command::Expire => "expire",
+        }
+    }
+}
+
 pub type JobReply = oneshot::Sender<Result<Payment, CommandError>>;
 
 pub struct Job {
@@ -48,6 +63,9 @@ pub struct Job {
     pub command: Command,
     pub idempotency: Option<IdempotencySpec>,
     pub reply: Option<JobReply>,
+    /// The span the job was asked for in (a merchant request's); none for internal jobs,
+    /// whose traces start in the actor.
+    pub span: tracing::Span,
 }
 
 impl Job {
@@ -58,6 +76,7 @@ impl Job {
             command,
             idempotency: None,
             reply: None,
+            span: tracing::Span::none(),
         }
     }
 
@@ -99,6 +118,13 @@ impl Actor for PaymentActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(PaymentArgs { deps, job }) = state.take() {
+            let span = tracing::info_span!(
+                parent: job.span.id(),
+                "payment.actor",
+                payment_id = %job.payment_id,
+                command = job.command.name(),
+                status = tracing::field::Empty,
+            );
             Driver {
                 deps,
                 actor: myself.get_id(),
@@ -108,6 +134,7 @@ impl Actor for PaymentActor {
                 deferred: Vec::new(),
             }
             .run(job.merchant_id, job.command)
+            .instrument(span)
             .await;
         }
         myself.stop(None);
@@ -382,6 +409,12 @@ impl Driver {
             .is_some_and(|w| w.record.response.is_some());
         let mut all = std::mem::take(&mut self.deferred);
         all.extend(events);
+        let span = tracing::info_span!(
+            "store.commit",
+            status = payment.status.as_str(),
+            events = all.len(),
+            ledger_entry = entry.is_some(),
+        );
         self.deps
             .store
             .commit(Commit {
@@ -390,7 +423,9 @@ impl Driver {
                 entry,
                 idempotency,
                 at_ms: now,
+                span: span.clone(),
             })
+            .instrument(span)
             .await
             .map_err(|e| match e {
                 StoreError::IdempotencyKeyTaken { .. } => CommandError::IdempotencyKeyInUse,
@@ -424,7 +459,15 @@ impl Driver {
         // supervisor that died with our request in its mailbox.
         let outer = self.deps.config.psp_call_timeout + Duration::from_secs(1);
         let answer = psp
-            .call(|reply| PspMsg::Call { call, req, reply }, Some(outer))
+            .call(
+                |reply| PspMsg::Call {
+                    call,
+                    req,
+                    reply,
+                    span: tracing::Span::current(),
+                },
+                Some(outer),
+            )
             .await;
         match answer {
             Ok(ractor::rpc::CallResult::Success(answer)) => Some(answer),
@@ -487,6 +530,9 @@ impl Driver {
     }
 
     fn respond(&mut self, result: Result<Payment, CommandError>) {
+        if let Ok(p) = &result {
+            tracing::Span::current().record("status", p.status.as_str());
+        }
         if let Ok(p) = &result
             && p.effects().is_empty()
         {

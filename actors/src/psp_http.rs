@@ -231,7 +231,8 @@ impl HttpPsp {
             .client
             .request(method, format!("{}{path}", self.base_url))
             .header(IDEMPOTENCY_HEADER, key)
-            .header(SIGNATURE_HEADER, signature);
+            .header(SIGNATURE_HEADER, signature)
+            .headers(trace_headers());
         if !body.is_empty() {
             request = request
                 .header("content-type", "application/json")
@@ -343,6 +344,21 @@ impl PspAdapter for HttpPsp {
             _ => OperationStatus::Pending,
         }
     }
+}
+
+/// W3C `traceparent` (and `tracestate`) for the current span, so the PSP's side of the call
+/// joins the payment's trace. Empty when no propagator is installed.
+fn trace_headers() -> reqwest::header::HeaderMap {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let mut headers = reqwest::header::HeaderMap::new();
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(
+            &context,
+            &mut opentelemetry_http::HeaderInjector(&mut headers),
+        );
+    });
+    headers
 }
 
 #[cfg(test)]

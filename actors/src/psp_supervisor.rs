@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use rialto_engine::Clock;
 use rialto_engine::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
@@ -36,11 +37,29 @@ pub enum PspAnswer {
     Status(OperationStatus),
 }
 
+impl PspAnswer {
+    /// A short name for traces.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PspAnswer::Outcome(PspOutcome::Approved { .. }) => "approved",
+            PspAnswer::Outcome(PspOutcome::HardDecline { .. }) => "declined",
+            PspAnswer::Outcome(PspOutcome::SoftFailure { .. }) => "soft_failure",
+            PspAnswer::Outcome(PspOutcome::Unknown { .. }) => "unknown",
+            PspAnswer::Status(OperationStatus::Pending) => "pending",
+            PspAnswer::Status(OperationStatus::NotFound) => "not_found",
+            PspAnswer::Status(OperationStatus::Succeeded { .. }) => "succeeded",
+            PspAnswer::Status(OperationStatus::Declined { .. }) => "declined",
+        }
+    }
+}
+
 pub enum PspMsg {
     Call {
         call: PspCall,
         req: PspRequest,
         reply: RpcReplyPort<PspAnswer>,
+        /// The asking payment's span: the call's span is its child.
+        span: tracing::Span,
     },
     /// A call task caught a panic in the adapter.
     AdapterPanicked { call: PspCall },
@@ -283,15 +302,32 @@ impl Actor for PspSupervisor {
         state: &mut PspState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PspMsg::Call { call, req, reply } => {
+            PspMsg::Call {
+                call,
+                req,
+                reply,
+                span,
+            } => {
                 let adapter = state.adapter.clone();
                 let health = state.health.clone();
                 let timeout = state.call_timeout;
-                tokio::spawn(async move {
-                    let answer = run_call(adapter, &health, timeout, call, req, &myself).await;
-                    // The transaction may have given up waiting; its own timeout covers that.
-                    let _ = reply.send(answer);
-                });
+                let span = tracing::info_span!(
+                    parent: &span,
+                    "psp.call",
+                    otel.kind = "client",
+                    psp = %health.id,
+                    call = ?call,
+                    outcome = tracing::field::Empty,
+                );
+                tokio::spawn(
+                    async move {
+                        let answer = run_call(adapter, &health, timeout, call, req, &myself).await;
+                        tracing::Span::current().record("outcome", answer.kind());
+                        // The transaction may have given up waiting; its own timeout covers that.
+                        let _ = reply.send(answer);
+                    }
+                    .instrument(span),
+                );
             }
             PspMsg::AdapterPanicked { call } => {
                 let psp = state.adapter.id().to_string();

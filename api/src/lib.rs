@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,6 +24,8 @@ use axum::{Json, Router};
 use dashmap::DashMap;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use utoipa::OpenApi;
 
 use rialto_actors::Rialto;
@@ -189,8 +191,23 @@ async fn method_not_allowed() -> Problem {
     )
 }
 
-/// Records `http_server_request_duration_seconds` by route template and enforces the gateway
-/// timeout, answering 504 problem+json when it passes.
+/// The header that ties a merchant's request to Rialto's logs: accepted, or generated, and
+/// echoed on the response.
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// The caller's correlation id when it is 1–128 visible ASCII characters, else a new one.
+fn correlation_id(headers: &HeaderMap) -> String {
+    headers
+        .get(CORRELATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string)
+}
+
+/// Opens the request's span (continuing a W3C `traceparent` when one came in, carrying the
+/// correlation id every log line inside it shows), records
+/// `http_server_request_duration_seconds` by route template, and enforces the gateway timeout,
+/// answering 504 problem+json when it passes.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req
@@ -198,7 +215,24 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let method = req.method().as_str().to_string();
-    let response = match tokio::time::timeout(state.config.request_timeout, next.run(req)).await {
+    let correlation = correlation_id(req.headers());
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        correlation_id = %correlation,
+    );
+    if req.headers().contains_key("traceparent") {
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&opentelemetry_http::HeaderExtractor(req.headers()))
+        });
+        let _ = span.set_parent(parent); // A malformed traceparent just starts a new trace.
+    }
+    let work = tokio::time::timeout(state.config.request_timeout, next.run(req));
+    let mut response = match work.instrument(span.clone()).await {
         Ok(response) => response,
         Err(_) => {
             metrics::counter!("request_timeouts_total", "route" => route.clone()).increment(1);
@@ -218,6 +252,10 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         "method" => method,
     )
     .record(started.elapsed().as_secs_f64());
+    span.record("http.response.status_code", response.status().as_u16());
+    if let Ok(value) = HeaderValue::from_str(&correlation) {
+        response.headers_mut().insert(CORRELATION_HEADER, value);
+    }
     response
 }
 

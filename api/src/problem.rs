@@ -46,12 +46,13 @@ impl Problem {
         }
     }
 
+    /// A 400; the detail is redacted, since parse errors quote the offending value.
     pub fn invalid(detail: impl Into<String>) -> Problem {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "Invalid request",
-            detail,
+            rialto_engine::redact::redact(&detail.into()).into_owned(),
         )
     }
 

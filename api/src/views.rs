@@ -12,6 +12,7 @@ use rialto_engine::limits::{
     DESCRIPTION_BYTES_MAX, MERCHANT_REFERENCE_BYTES_MAX, METADATA_KEY_BYTES_MAX,
     METADATA_PAIRS_MAX, METADATA_VALUE_BYTES_MAX, PAYMENT_METHOD_BYTES_MAX,
 };
+use rialto_engine::redact::{redact, redact_metadata_value};
 use rialto_engine::{CaptureMethod, Currency, Event, Money, Payment, Recorded, Refund};
 
 use crate::problem::Problem;
@@ -122,13 +123,22 @@ impl CreatePaymentRequest {
                 CaptureMethodDto::Automatic => CaptureMethod::Automatic,
                 CaptureMethodDto::Manual => CaptureMethod::Manual,
             },
+            // Card data never rests (R3.7): merchant text is masked before it goes anywhere.
             merchant_reference: bounded(
                 "merchant_reference",
                 self.merchant_reference,
                 MERCHANT_REFERENCE_BYTES_MAX,
-            )?,
-            description: bounded("description", self.description, DESCRIPTION_BYTES_MAX)?,
-            metadata: metadata.into_iter().collect(),
+            )?
+            .map(|r| redact(&r).into_owned()),
+            description: bounded("description", self.description, DESCRIPTION_BYTES_MAX)?
+                .map(|d| redact(&d).into_owned()),
+            metadata: metadata
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = redact_metadata_value(&k, &v);
+                    (redact(&k).into_owned(), v)
+                })
+                .collect(),
         })
     }
 }

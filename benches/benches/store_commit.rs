@@ -49,6 +49,7 @@ fn payment_commit(n: u64) -> Commit {
             },
         }),
         at_ms: 1,
+        span: tracing::Span::none(),
     }
 }
 

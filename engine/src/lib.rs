@@ -9,6 +9,7 @@ pub mod limits;
 pub mod money;
 pub mod payment;
 pub mod policy;
+pub mod redact;
 pub mod routing;
 
 pub use ledger::{Account, Audit, JournalEntry, LedgerError, Posting};

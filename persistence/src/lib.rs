@@ -24,6 +24,8 @@ pub struct Commit {
     pub entry: Option<JournalEntry>,
     pub idempotency: Option<IdempotencyWrite>,
     pub at_ms: i64,
+    /// The committing payment's span; the ledger posting is traced as its child.
+    pub span: tracing::Span,
 }
 
 /// The idempotency record of a merchant request, written with the state change it caused.

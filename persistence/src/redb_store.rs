@@ -418,6 +418,13 @@ fn apply_commit(
         .insert(batch.outbox_seq, (id, first_seq))
         .map_err(io)?;
     if let Some(entry) = &c.entry {
+        let _posting = tracing::info_span!(
+            parent: &c.span,
+            "ledger.post",
+            entry_id = %entry.id,
+            postings = entry.postings.len(),
+        )
+        .entered();
         t.entries
             .insert(
                 entry.id.as_str(),

@@ -39,6 +39,7 @@ fn commit(payment: Payment, events: Vec<Event>) -> Commit {
         entry: None,
         idempotency: None,
         at_ms: 1,
+        span: tracing::Span::none(),
     }
 }
 

@@ -1,0 +1,361 @@
+//! Logs and traces for the binary (R5.2, R3.7).
+//!
+//! - Logs go to stderr as JSON lines (or human-readable text for local use). Every JSON line
+//!   carries `trace_id`, `span_id` and `correlation_id` (null outside any request or payment),
+//!   and every line, in either format, passes through [`redact`] on its way out, so a PAN, a
+//!   labelled CVV or a bearer credential never reaches the log whatever field it hid in.
+//! - Spans (API request → payment actor → PSP call → store commit → ledger post) always get
+//!   W3C trace and span ids, so log lines of one payment share a `trace_id`; they are exported
+//!   by OTLP/gRPC only when an endpoint is configured.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id};
+use opentelemetry::trace::TraceContextExt;
+use tracing::dispatcher::WeakDispatch;
+use tracing::{Dispatch, Event, Subscriber};
+use tracing_opentelemetry::get_otel_context;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use rialto_engine::redact::redact;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, with trace, span and correlation ids.
+    Json,
+    /// Human-readable lines for a terminal.
+    Text,
+}
+
+/// The installed tracer; shut it down to flush spans still in the export queue.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Installs the global subscriber and propagator. Call inside the Tokio runtime (the OTLP
+    /// exporter's channel lives on it).
+    pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
+        let resource = Resource::builder().with_service_name("rialto").build();
+        let provider = match otlp_endpoint {
+            Some(endpoint) => {
+                let exporter = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint)
+                    .build()?;
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource)
+                    .build()
+            }
+            // Nothing to export to: spans still get ids (for the logs) but record nothing.
+            None => SdkTracerProvider::builder()
+                .with_sampler(Sampler::AlwaysOff)
+                .with_resource(resource)
+                .build(),
+        };
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let filter = EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,ractor=warn,h2=warn,tonic=warn,hyper=warn".into());
+        let dispatch = dispatch(filter, &provider, format, io::stderr);
+        tracing::dispatcher::set_global_default(dispatch)?;
+        Ok(Telemetry { provider })
+    }
+
+    /// Flushes and stops the exporter (blocking; call from a blocking thread).
+    pub fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("rialto: flushing traces: {e}");
+        }
+    }
+}
+
+/// The whole subscriber: spans to OpenTelemetry, correlation ids kept, log lines redacted,
+/// in `format`, written to `out`.
+fn dispatch<M>(
+    filter: impl Layer<Registry> + Send + Sync,
+    provider: &SdkTracerProvider,
+    format: LogFormat,
+    out: M,
+) -> Dispatch
+where
+    M: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let json = JsonLines::default();
+    let logs = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .event_format(json.clone())
+            .with_writer(Redacting(out))
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(Redacting(out))
+            .boxed(),
+    };
+    let dispatch = Dispatch::new(
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("rialto")))
+            .with(CorrelationLayer)
+            .with(logs),
+    );
+    // Inside a subscriber callback `dispatcher::get_default` answers "none", so the
+    // formatter keeps its own (weak) handle to read spans' OpenTelemetry ids.
+    let _ = json.dispatch.set(dispatch.downgrade());
+    dispatch
+}
+
+/// A writer whose every line passes through [`redact`]: the fmt layer hands over each
+/// formatted line in one write.
+struct Redacting<M>(M);
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Redacting<M> {
+    type Writer = RedactingWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter(self.0.make_writer())
+    }
+}
+
+struct RedactingWriter<W>(W);
+
+impl<W: Write> Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0.write_all(redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// A request's correlation id, kept on its span for the log lines inside it.
+struct CorrelationId(String);
+
+/// Stores the `correlation_id` field of a new span in the span's extensions.
+struct CorrelationLayer;
+
+impl<S> Layer<S> for CorrelationLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        struct Find(Option<String>);
+        impl Visit for Find {
+            fn record_str(&mut self, field: &Field, value: &str) {
+                if field.name() == "correlation_id" {
+                    self.0 = Some(value.to_string());
+                }
+            }
+            fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+                if field.name() == "correlation_id" {
+                    self.0 = Some(format!("{value:?}"));
+                }
+            }
+        }
+        if !attrs.fields().iter().any(|f| f.name() == "correlation_id") {
+            return;
+        }
+        let mut find = Find(None);
+        attrs.record(&mut find);
+        if let (Some(value), Some(span)) = (find.0, ctx.span(id)) {
+            span.extensions_mut().insert(CorrelationId(value));
+        }
+    }
+}
+
+/// One JSON object per event: `timestamp`, `level`, `target`, `message`, `trace_id`,
+/// `span_id`, `correlation_id`, `span` (the innermost span's name) and `fields`.
+#[derive(Clone, Default)]
+struct JsonLines {
+    dispatch: Arc<OnceLock<WeakDispatch>>,
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut fields = JsonFields(Map::new());
+        event.record(&mut fields);
+        let mut fields = fields.0;
+        let message = fields.remove("message").unwrap_or(Value::Null);
+        let (mut trace_id, mut span_id, mut correlation_id, mut span_name) =
+            (Value::Null, Value::Null, Value::Null, Value::Null);
+        if let Some(scope) = ctx.event_scope() {
+            let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade);
+            for span in scope {
+                if span_name.is_null() {
+                    span_name = Value::from(span.name());
+                    // The innermost span's ids (its extensions must not be held here).
+                    if let Some(cx) = dispatch.as_ref().and_then(|d| get_otel_context(&span.id(), d)) {
+                        let otel = cx.span();
+                        let ids = otel.span_context();
+                        if ids.is_valid() {
+                            trace_id = Value::from(ids.trace_id().to_string());
+                            span_id = Value::from(ids.span_id().to_string());
+                        }
+                    }
+                }
+                if correlation_id.is_null()
+                    && let Some(CorrelationId(id)) = span.extensions().get::<CorrelationId>()
+                {
+                    correlation_id = Value::from(id.as_str());
+                }
+            }
+        }
+        let meta = event.metadata();
+        let line = serde_json::json!({
+            "timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            "level": meta.level().as_str(),
+            "target": meta.target(),
+            "message": message,
+            "trace_id": trace_id,
+            "span_id": span_id,
+            "correlation_id": correlation_id,
+            "span": span_name,
+            "fields": fields,
+        });
+        writeln!(writer, "{line}")
+    }
+}
+
+/// An event's fields as JSON values.
+struct JsonFields(Map<String, Value>);
+
+impl Visit for JsonFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_string(), Value::from(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_string(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_string(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_string(), Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_string(), Value::from(value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().to_string(), Value::from(value.to_string()));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().to_string(), Value::from(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Log lines captured in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    /// Runs `f` under the production layers with logs captured; returns the lines.
+    fn capture(format: LogFormat, f: impl FnOnce()) -> Vec<String> {
+        let out = Captured::default();
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOff)
+            .build();
+        let filter = EnvFilter::new("info");
+        tracing::dispatcher::with_default(&dispatch(filter, &provider, format, out.clone()), f);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn json_lines_carry_trace_span_and_correlation_ids_inside_a_request() {
+        let lines = capture(LogFormat::Json, || {
+            tracing::info!("outside");
+            let request = tracing::info_span!("http.request", correlation_id = "corr-42");
+            let _request = request.enter();
+            let actor = tracing::info_span!("payment.actor");
+            let _actor = actor.enter();
+            tracing::warn!(payment_id = "pay_1", attempts = 3u64, "inside");
+        });
+        let outside: Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(outside["message"], "outside");
+        assert!(outside["trace_id"].is_null() && outside["correlation_id"].is_null());
+        let inside: Value = serde_json::from_str(&lines[1]).unwrap();
+        assert_eq!(inside["level"], "WARN");
+        assert_eq!(inside["correlation_id"], "corr-42");
+        assert_eq!(inside["span"], "payment.actor");
+        assert_eq!(inside["fields"]["payment_id"], "pay_1");
+        assert_eq!(inside["fields"]["attempts"], 3);
+        let trace_id = inside["trace_id"].as_str().unwrap();
+        let span_id = inside["span_id"].as_str().unwrap();
+        assert_eq!(trace_id.len(), 32);
+        assert_eq!(span_id.len(), 16);
+        assert_ne!(trace_id, "0".repeat(32));
+    }
+
+    #[test]
+    fn no_pan_cvv_or_bearer_token_reaches_a_line_in_either_format() {
+        for format in [LogFormat::Json, LogFormat::Text] {
+            let lines = capture(format, || {
+                tracing::info!(
+                    card = "4242 4242 4242 4242",
+                    header = "Bearer sk_live_0123456789abcdef",
+                    "merchant wrote cvv: 737 and 5555555555554444"
+                );
+            });
+            let text = lines.join("\n");
+            assert!(text.contains("merchant wrote"), "{text}");
+            for secret in [
+                "4242 4242 4242 4242",
+                "5555555555554444",
+                "737",
+                "sk_live_0123456789abcdef",
+            ] {
+                assert!(!text.contains(secret), "{format:?} leaked {secret}: {text}");
+            }
+            assert!(text.contains("4444") && text.contains("[REDACTED]"), "{text}");
+        }
+    }
+}
