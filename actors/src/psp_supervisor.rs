@@ -127,6 +127,20 @@ pub struct HealthReport {
 impl PspHealth {
     pub fn new(id: &str, limits: PspLimits, clock: Arc<dyn Clock>) -> PspHealth {
         metrics::gauge!("circuit_breaker_state", "psp" => id.to_string()).set(0.0);
+        // The bulkhead's waiting line, as a queue.
+        let queue = format!("psp:{id}");
+        metrics::gauge!("rialto_queue_capacity", "queue" => queue.clone()).set(limits.queue_max as f64);
+        metrics::gauge!("rialto_queue_depth", "queue" => queue).set(0.0);
+        // Present from the first scrape, so `rate()` sees the first increment.
+        for counter in [
+            "rialto_bulkhead_rejections_total",
+            "rialto_psp_retries_total",
+            "rialto_psp_adapter_panics_total",
+        ] {
+            metrics::counter!(counter, "psp" => id.to_string()).increment(0);
+        }
+        metrics::counter!("rialto_supervisor_restarts_total", "supervisor" => format!("psp:{id}"))
+            .increment(0);
         PspHealth {
             id: id.to_string(),
             clock,
@@ -378,15 +392,19 @@ async fn run_call(
     let permit = match health.inflight.clone().try_acquire_owned() {
         Ok(permit) => permit,
         Err(_) => {
-            if health.waiting.fetch_add(1, Ordering::Relaxed) >= health.limits.queue_max {
+            let queue = format!("psp:{}", health.id);
+            let waiting = health.waiting.fetch_add(1, Ordering::Relaxed);
+            if waiting >= health.limits.queue_max {
                 health.waiting.fetch_sub(1, Ordering::Relaxed);
                 metrics::counter!("rialto_bulkhead_rejections_total", "psp" => health.id.clone())
                     .increment(1);
                 return refused(call, "psp bulkhead is full");
             }
+            metrics::gauge!("rialto_queue_depth", "queue" => queue.clone()).set((waiting + 1) as f64);
             let waited =
                 tokio::time::timeout(timeout, health.inflight.clone().acquire_owned()).await;
-            health.waiting.fetch_sub(1, Ordering::Relaxed);
+            let waiting = health.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
+            metrics::gauge!("rialto_queue_depth", "queue" => queue).set(waiting as f64);
             match waited {
                 Ok(Ok(permit)) => permit,
                 // Never sent: nothing can have happened at the PSP.

@@ -87,6 +87,9 @@ impl Actor for TxnSupervisor {
         _myself: ActorRef<TxnMsg>,
         deps: Arc<Deps>,
     ) -> Result<TxnState, ActorProcessingErr> {
+        metrics::counter!("rialto_supervisor_restarts_total", "supervisor" => "transactions")
+            .increment(0);
+        metrics::gauge!("rialto_transactions_in_flight").set(0.0);
         Ok(TxnState {
             deps,
             running: HashMap::new(),

@@ -101,6 +101,28 @@ pub const LATENCY_BUCKETS_S: [f64; 16] = [
 ];
 const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 2048.0];
 
+/// Counters the dashboards and alerts read, present from the first scrape (at zero) so
+/// `rate()` and `increase()` see their first increment. `webhooks_in_total` and
+/// `webhook_store_failures_total` stay zero until inbound PSP webhooks (R4.4) exist.
+const COUNTERS_FROM_START: [&str; 10] = [
+    "app_exceptions_total",
+    "request_timeouts_total",
+    "webhook_store_failures_total",
+    "webhooks_in_total",
+    "idempotency_cache_hits_total",
+    "idempotency_cache_misses_total",
+    "rialto_payments_escalated_total",
+    "rialto_rate_limited_total",
+    "rialto_captures_parked_total",
+    "rialto_store_rejected_total",
+];
+
+fn register_counters() {
+    for name in COUNTERS_FROM_START {
+        metrics::counter!(name).increment(0);
+    }
+}
+
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -117,6 +139,7 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .expect("bucket lists are non-empty")
                 .install_recorder()
                 .expect("the metrics recorder is installed once per process");
+            register_counters();
             let upkeep = handle.clone();
             // Histograms need periodic upkeep when the recorder is installed without an exporter.
             std::thread::Builder::new()

@@ -199,7 +199,10 @@ fn run_writer(db: &Database, rx: &Receiver<Write>, batch_max: usize) {
             return;
         }
     };
+    metrics::gauge!("rialto_queue_capacity", "queue" => "store_commits")
+        .set(rx.capacity().unwrap_or(0) as f64);
     while let Ok(first) = rx.recv() {
+        metrics::gauge!("rialto_queue_depth", "queue" => "store_commits").set(rx.len() as f64);
         let mut batch = Vec::with_capacity(64);
         batch.push(first);
         while batch.len() < batch_max {
