@@ -177,7 +177,12 @@ fn main() -> ExitCode {
     };
     let telemetry = {
         let _runtime = runtime.enter();
-        match Telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref()) {
+        let service = match cli.command {
+            Command::PspSim { .. } => "rialto-psp-sim",
+            Command::Sim { .. } => "rialto-sim",
+            _ => "rialto",
+        };
+        match Telemetry::init(service, cli.log_format, cli.otlp_endpoint.as_deref()) {
             Ok(telemetry) => telemetry,
             Err(e) => {
                 eprintln!("rialto: cannot set up logs and traces: {e:#}");

@@ -49,8 +49,12 @@ pub struct Telemetry {
 impl Telemetry {
     /// Installs the global subscriber and propagator. Call inside the Tokio runtime (the OTLP
     /// exporter's channel lives on it).
-    pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
-        let resource = Resource::builder().with_service_name("rialto").build();
+    pub fn init(
+        service: &'static str,
+        format: LogFormat,
+        otlp_endpoint: Option<&str>,
+    ) -> anyhow::Result<Telemetry> {
+        let resource = Resource::builder().with_service_name(service).build();
         let provider = match otlp_endpoint {
             Some(endpoint) => {
                 let exporter = opentelemetry_otlp::SpanExporter::builder()

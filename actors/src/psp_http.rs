@@ -346,6 +346,19 @@ impl PspAdapter for HttpPsp {
     }
 }
 
+/// Makes `span` continue the trace a W3C `traceparent` header names (a caller's span becomes
+/// its parent). Without the header, or with a malformed one, the span starts its own trace.
+pub fn continue_trace(span: &tracing::Span, headers: &reqwest::header::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !headers.contains_key("traceparent") {
+        return;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
+    });
+    let _ = span.set_parent(parent); // A malformed header leaves a root span.
+}
+
 /// W3C `traceparent` (and `tracestate`) for the current span, so the PSP's side of the call
 /// joins the payment's trace. Empty when no propagator is installed.
 fn trace_headers() -> reqwest::header::HeaderMap {

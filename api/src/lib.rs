@@ -25,7 +25,6 @@ use dashmap::DashMap;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use utoipa::OpenApi;
 
 use rialto_actors::Rialto;
@@ -248,12 +247,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         http.response.status_code = tracing::field::Empty,
         correlation_id = %correlation,
     );
-    if req.headers().contains_key("traceparent") {
-        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(&opentelemetry_http::HeaderExtractor(req.headers()))
-        });
-        let _ = span.set_parent(parent); // A malformed traceparent just starts a new trace.
-    }
+    rialto_actors::psp_http::continue_trace(&span, req.headers());
     let work = tokio::time::timeout(state.config.request_timeout, next.run(req));
     let mut response = match work.instrument(span.clone()).await {
         Ok(response) => response,

@@ -257,6 +257,15 @@ pub async fn create_payment(
 ) -> Result<Response, Problem> {
     let (req, canonical) = parse::<CreatePaymentRequest>(&headers, body, false)?;
     let fields = req.validate()?;
+    // Merchant text is already masked (`validate`); the log writer masks again.
+    tracing::debug!(
+        merchant_id = %merchant.id,
+        amount_minor = fields.amount.amount_minor,
+        currency = fields.amount.currency.code(),
+        description = ?fields.description,
+        metadata = ?fields.metadata,
+        "creating payment"
+    );
     let create = CreatePayment {
         merchant_id: merchant.id.clone(),
         fee_bps: merchant.fee_bps,

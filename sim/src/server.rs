@@ -12,11 +12,12 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
+use tracing::Instrument;
 
 use rialto_actors::psp::{OperationStatus, PspAdapter, PspOutcome, PspRequest};
 use rialto_actors::psp_http::{
     BODY_BYTES_MAX, IDEMPOTENCY_HEADER, OperationRequest, OperationResponse, OperationState,
-    SIGNATURE_HEADER, verify,
+    SIGNATURE_HEADER, continue_trace, verify,
 };
 use rialto_engine::{Currency, Money};
 
@@ -99,11 +100,19 @@ async fn operate(
         payment_method: req.payment_method,
         psp_reference: req.reference,
     };
+    // The PSP's side of the call, in the caller's trace when it sent a `traceparent`.
+    let span = tracing::info_span!(
+        "psp_sim.operation",
+        otel.kind = "server",
+        operation = %op,
+        payment_id = %call.payment_id,
+    );
+    continue_trace(&span, &headers);
     let outcome = match op.as_str() {
-        "authorize" => served.psp.authorize(&call).await,
-        "capture" => served.psp.capture(&call).await,
-        "void" => served.psp.void(&call).await,
-        "refund" => served.psp.refund(&call).await,
+        "authorize" => served.psp.authorize(&call).instrument(span).await,
+        "capture" => served.psp.capture(&call).instrument(span).await,
+        "void" => served.psp.void(&call).instrument(span).await,
+        "refund" => served.psp.refund(&call).instrument(span).await,
         _ => return error(StatusCode::NOT_FOUND, "unknown operation"),
     };
     match outcome {

@@ -12,26 +12,46 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_rialto");
 /// Spawns `rialto ARGS` (killed when dropped) and waits, at most 30 s, for the stdout line
 /// starting with `prefix`; returns the child and the first `http://` URL on that line.
 pub async fn spawn(args: &[&str], prefix: &str) -> (Child, String) {
+    let (child, mut urls) = spawn_with(args, &[], prefix, Stdio::null()).await;
+    (child, urls.remove(0))
+}
+
+/// [`spawn`] with extra environment variables and stderr sent to `stderr`; returns every
+/// `http://` URL on the line (serve prints the API's, then the ops listener's).
+pub async fn spawn_with(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    prefix: &str,
+    stderr: Stdio,
+) -> (Child, Vec<String>) {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("spawn rialto");
     let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
+    let urls = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.expect("read stdout") {
             if line.starts_with(prefix) {
-                let url = line.split_whitespace().find(|w| w.starts_with("http://"));
-                return url.expect("a URL on the line").to_string();
+                let urls: Vec<String> = line
+                    .split_whitespace()
+                    .filter(|w| w.starts_with("http://"))
+                    .map(str::to_string)
+                    .collect();
+                assert!(!urls.is_empty(), "a URL on the line {line:?}");
+                return urls;
             }
         }
         panic!("rialto {args:?} exited before printing {prefix:?}");
     })
     .await
     .expect("started within 30 s");
-    (child, url)
+    // Keep reading stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, urls)
 }
 
 /// `rialto merchant create` with no rate limit; returns the API key.
