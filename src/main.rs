@@ -41,7 +41,13 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log lines as JSON (with trace, span and correlation ids) or as text for a terminal.
-    #[arg(long, global = true, env = "RIALTO_LOG_FORMAT", value_enum, default_value = "json")]
+    #[arg(
+        long,
+        global = true,
+        env = "RIALTO_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
     log_format: LogFormat,
     /// Export traces by OTLP/gRPC to this collector (e.g. http://127.0.0.1:4317); off if unset.
     #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]

@@ -34,6 +34,9 @@ pub struct Running {
 /// Starts Rialto as `config` says, with every engine and PSP time multiplied by `scale`.
 pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
     config.validate()?;
+    // The recorder first: the store, the supervisors and the breakers register their series
+    // (at zero) as they start, and a series recorded before the recorder exists is lost.
+    rialto_api::metrics_handle();
     let store = open_store(&config.data_dir)?;
     let engine_config = config.engine_config(scale);
     let mut adapters: Vec<Arc<dyn PspAdapter>> = Vec::new();

@@ -13,16 +13,16 @@ use std::io::{self, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use serde_json::{Map, Value};
+use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
-use opentelemetry::trace::TraceContextExt;
-use tracing::dispatcher::WeakDispatch;
 use tracing::{Dispatch, Event, Subscriber};
 use tracing_opentelemetry::get_otel_context;
 use tracing_subscriber::fmt::format::Writer;
@@ -213,7 +213,10 @@ where
                 if span_name.is_null() {
                     span_name = Value::from(span.name());
                     // The innermost span's ids (its extensions must not be held here).
-                    if let Some(cx) = dispatch.as_ref().and_then(|d| get_otel_context(&span.id(), d)) {
+                    if let Some(cx) = dispatch
+                        .as_ref()
+                        .and_then(|d| get_otel_context(&span.id(), d))
+                    {
                         let otel = cx.span();
                         let ids = otel.span_context();
                         if ids.is_valid() {
@@ -359,7 +362,10 @@ mod tests {
             ] {
                 assert!(!text.contains(secret), "{format:?} leaked {secret}: {text}");
             }
-            assert!(text.contains("4444") && text.contains("[REDACTED]"), "{text}");
+            assert!(
+                text.contains("4444") && text.contains("[REDACTED]"),
+                "{text}"
+            );
         }
     }
 }

@@ -5,6 +5,8 @@
 //! rules read is one Rialto exports. Needs Debian's `prometheus` and `prometheus-alertmanager`
 //! packages (`.ci/run` installs them); without them it says so and skips, except in CI.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -137,7 +139,12 @@ fn metric_references(promql: &str) -> (Vec<String>, Vec<String>) {
 /// Whether Rialto's code names the metric (histogram series by their base name).
 fn exported(metric: &str) -> bool {
     static SOURCES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let sources = SOURCES.get_or_init(|| METRIC_SOURCES.iter().map(|p| read(&root().join(p))).collect());
+    let sources = SOURCES.get_or_init(|| {
+        METRIC_SOURCES
+            .iter()
+            .map(|p| read(&root().join(p)))
+            .collect()
+    });
     let base = metric
         .trim_end_matches("_bucket")
         .trim_end_matches("_count")
@@ -184,7 +191,8 @@ fn dashboards() -> Vec<(String, serde_json::Value)> {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .map(|p| {
-            let json = serde_json::from_str(&read(&p)).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let json =
+                serde_json::from_str(&read(&p)).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             (p.file_name().unwrap().to_string_lossy().into_owned(), json)
         })
         .collect();
@@ -201,7 +209,9 @@ fn dashboard_queries() -> Vec<(String, String)> {
                 continue;
             }
             for target in panel["targets"].as_array().expect("targets") {
-                let expr = target["expr"].as_str().expect("a Prometheus target has an expr");
+                let expr = target["expr"]
+                    .as_str()
+                    .expect("a Prometheus target has an expr");
                 queries.push((format!("{file}: {}", panel["title"]), expr.to_string()));
             }
         }
@@ -212,23 +222,37 @@ fn dashboard_queries() -> Vec<(String, String)> {
 #[test]
 fn grafana_has_dashboards_a_to_h_with_provisioning_for_their_datasources() {
     let all = dashboards();
-    let titles: Vec<&str> = all.iter().map(|(_, d)| d["title"].as_str().unwrap()).collect();
+    let titles: Vec<&str> = all
+        .iter()
+        .map(|(_, d)| d["title"].as_str().unwrap())
+        .collect();
     for letter in ["A.", "B.", "C.", "D.", "E.", "F.", "G.", "H."] {
-        assert!(titles.iter().any(|t| t.starts_with(letter)), "no dashboard {letter} in {titles:?}");
+        assert!(
+            titles.iter().any(|t| t.starts_with(letter)),
+            "no dashboard {letter} in {titles:?}"
+        );
     }
-    let mut uids: Vec<&str> = all.iter().map(|(_, d)| d["uid"].as_str().unwrap()).collect();
+    let mut uids: Vec<&str> = all
+        .iter()
+        .map(|(_, d)| d["uid"].as_str().unwrap())
+        .collect();
     uids.sort_unstable();
     uids.dedup();
     assert_eq!(uids.len(), all.len(), "dashboard uids are unique");
     let datasources = read(&root().join("monitoring/grafana/provisioning/datasources/rialto.yml"));
     for (file, dashboard) in &all {
         for panel in dashboard["panels"].as_array().unwrap() {
-            let uid = panel["datasource"]["uid"].as_str().expect("panel datasource uid");
+            let uid = panel["datasource"]["uid"]
+                .as_str()
+                .expect("panel datasource uid");
             assert!(
                 datasources.contains(&format!("uid: {uid}\n")),
                 "{file}: datasource `{uid}` is not provisioned"
             );
-            assert!(!panel["targets"].as_array().unwrap().is_empty(), "{file}: empty panel");
+            assert!(
+                !panel["targets"].as_array().unwrap().is_empty(),
+                "{file}: empty panel"
+            );
         }
     }
     let provider = read(&root().join("monitoring/grafana/provisioning/dashboards/rialto.yml"));
@@ -245,7 +269,10 @@ fn grafana_queries_parse_and_read_only_known_series() {
     for (panel, expr) in &queries {
         let (metrics, recorded) = metric_references(expr);
         for metric in metrics {
-            assert!(exported(&metric), "{panel} reads `{metric}`, which Rialto does not export");
+            assert!(
+                exported(&metric),
+                "{panel} reads `{metric}`, which Rialto does not export"
+            );
         }
         for rule in recorded {
             assert!(
@@ -298,7 +325,11 @@ fn otel_collector_redacts_card_data_and_credentials_in_every_pipeline() {
         };
         let args = call.strip_suffix(')').expect("one call per line");
         let (pattern, replacement) = args.split_once("\", \"").expect("two string arguments");
-        let unquote = |s: &str| s.trim_matches('"').replace("\\\\", "\\").replace("$${", "${");
+        let unquote = |s: &str| {
+            s.trim_matches('"')
+                .replace("\\\\", "\\")
+                .replace("$${", "${")
+        };
         replacements.push((
             regex::Regex::new(&unquote(pattern)).expect("a valid pattern"),
             unquote(replacement),
@@ -312,9 +343,169 @@ fn otel_collector_redacts_card_data_and_credentials_in_every_pipeline() {
     };
     let sample = "paid with 4242 4242 4242 4242 (cvv: 737), Authorization: Bearer sk_live_abcdef123456, pan 5555555555554444";
     let clean = redact(sample);
-    for secret in ["4242 4242 4242 4242", "5555555555554444", "737", "sk_live_abcdef123456"] {
+    for secret in [
+        "4242 4242 4242 4242",
+        "5555555555554444",
+        "737",
+        "sk_live_abcdef123456",
+    ] {
         assert!(!clean.contains(secret), "{secret} survived: {clean}");
     }
-    assert!(clean.contains("[PAN REDACTED]") && clean.contains("Bearer [REDACTED]"), "{clean}");
-    assert_eq!(redact("payment pay_0192 for 1500 EUR"), "payment pay_0192 for 1500 EUR");
+    assert!(
+        clean.contains("[PAN REDACTED]") && clean.contains("Bearer [REDACTED]"),
+        "{clean}"
+    );
+    assert_eq!(
+        redact("payment pay_0192 for 1500 EUR"),
+        "payment pay_0192 for 1500 EUR"
+    );
+}
+
+/// A real Prometheus (Debian's package) scrapes `rialto serve` with the shipped config and
+/// rules while the simulator drives it; then every series the alerts and dashboards read, and
+/// every recording rule, must return data from Prometheus's HTTP API, so a name or label that
+/// differs between the code and the kit fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_every_series_the_rules_and_dashboards_read() {
+    let Some(prometheus) = tool("prometheus") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let key = common::merchant(data, "scraped");
+    let (_serve, urls) = common::spawn_with(
+        &[
+            "serve",
+            "--data-dir",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+        "rialto listening",
+        std::process::Stdio::null(),
+    )
+    .await;
+    let ops = urls[1].trim_start_matches("http://").to_string();
+
+    // The shipped config, pointed at this server, scraping and evaluating every second.
+    let prom_dir = root().join("monitoring/prometheus");
+    let shipped = read(&prom_dir.join("prometheus.yml"));
+    assert!(shipped.contains("job_name: payments"), "{shipped}");
+    let config = shipped
+        .replace("127.0.0.1:9464", &ops)
+        .replace("scrape_interval: 15s", "scrape_interval: 1s")
+        .replace("evaluation_interval: 15s", "evaluation_interval: 1s")
+        .replace("rules/", &format!("{}/rules/", prom_dir.display()));
+    let config_path = dir.path().join("prometheus.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let web = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let _prometheus = tokio::process::Command::new(prometheus)
+        .arg(format!("--config.file={}", config_path.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start prometheus");
+    let http = reqwest::Client::new();
+    let query = |q: String| {
+        let http = http.clone();
+        async move {
+            let answer: serde_json::Value = http
+                .get(format!("http://{web}/api/v1/query"))
+                .query(&[("query", q)])
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            answer["data"]["result"].as_array().cloned()
+        }
+    };
+    let up = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            if let Some(result) = query("up{job=\"payments\"} == 1".into()).await
+                && !result.is_empty()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    assert!(up.is_ok(), "Prometheus never scraped Rialto");
+
+    // Load through the simulator, including declines and a manual-capture share.
+    let sim = tokio::process::Command::new(common::BIN)
+        .args([
+            "sim",
+            "--scenario",
+            "seed-profile",
+            "--duration-scale",
+            "0.01",
+            "--quiet",
+            "--target",
+            &urls[0],
+        ])
+        .env("RIALTO_API_KEY", &key)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        sim.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
+
+    let mut wanted: Vec<String> = Vec::new();
+    let (metrics, _) = metric_references(&rules_text());
+    wanted.extend(metrics);
+    for (_, expr) in dashboard_queries() {
+        wanted.extend(metric_references(&expr).0);
+    }
+    let recording = read(&prom_dir.join("rules/recording.yml"));
+    wanted.extend(
+        recording
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- record: "))
+            .map(str::to_string),
+    );
+    wanted.retain(|m| !EXTERNAL_METRICS.contains(&m.as_str()));
+    wanted.sort();
+    wanted.dedup();
+    assert!(wanted.len() >= 30, "{wanted:?}");
+    // Scrapes and rule evaluations catch up within a few seconds of the run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut missing = Vec::new();
+        for series in &wanted {
+            let q = format!("{series}{{job=\"payments\"}} or {series}");
+            if query(q).await.is_none_or(|r| r.is_empty()) {
+                missing.push(series.clone());
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no data in Prometheus for {missing:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    // And the primary error-rate expression evaluates to a number.
+    let rate = query("ratio:payments_error_rate_5m".into()).await.unwrap();
+    assert_eq!(rate.len(), 1, "{rate:?}");
 }

@@ -173,7 +173,10 @@ async fn one_payment_is_one_trace_from_the_api_through_the_psp_to_the_ledger() {
                 .cloned()
                 .collect();
             let count = |name: &str| spans.iter().filter(|(_, s)| s.name == name).count();
-            if count("ledger.post") == 1 && count("psp.call") >= 2 && count("psp_sim.operation") >= 2 {
+            if count("ledger.post") == 1
+                && count("psp.call") >= 2
+                && count("psp_sim.operation") >= 2
+            {
                 return spans;
             }
         }
@@ -206,11 +209,18 @@ async fn one_payment_is_one_trace_from_the_api_through_the_psp_to_the_ledger() {
     };
     let request = named("POST /v1/payments");
     assert_eq!(request.len(), 1, "one server span for the request");
-    assert_eq!(hex(&request[0].parent_span_id), caller_span, "continues the caller's span");
+    assert_eq!(
+        hex(&request[0].parent_span_id),
+        caller_span,
+        "continues the caller's span"
+    );
     let actor = named("payment.actor");
     assert_eq!(actor.len(), 1);
     assert_eq!(parent_of(actor[0]), "POST /v1/payments");
-    assert_eq!(attribute(actor[0], "payment_id").as_deref(), Some(payment_id.as_str()));
+    assert_eq!(
+        attribute(actor[0], "payment_id").as_deref(),
+        Some(payment_id.as_str())
+    );
     assert_eq!(attribute(actor[0], "status").as_deref(), Some("captured"));
     let calls = named("psp.call");
     assert_eq!(calls.len(), 2, "authorize and capture");
@@ -229,13 +239,21 @@ async fn one_payment_is_one_trace_from_the_api_through_the_psp_to_the_ledger() {
         .collect();
     assert_eq!(services, ["rialto-psp-sim", "rialto-psp-sim"]);
     let commits = named("store.commit");
-    assert_eq!(commits.len(), 2, "two durable commits per automatic-capture payment");
+    assert_eq!(
+        commits.len(),
+        2,
+        "two durable commits per automatic-capture payment"
+    );
     for commit in &commits {
         assert_eq!(parent_of(commit), "payment.actor");
     }
     let posting = named("ledger.post");
     assert_eq!(parent_of(posting[0]), "store.commit");
-    assert!(trace.iter().all(|(service, s)| s.name == "psp_sim.operation" || service == "rialto"));
+    assert!(
+        trace
+            .iter()
+            .all(|(service, s)| s.name == "psp_sim.operation" || service == "rialto")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +309,10 @@ async fn card_data_reaches_no_log_line_metric_event_answer_or_stored_byte() {
         created["description"],
         "card **** **** **** 1111 cvv ***, exp 12/29"
     );
-    assert_eq!(created["merchant_reference"], "order for ****-****-****-1111");
+    assert_eq!(
+        created["merchant_reference"],
+        "order for ****-****-****-1111"
+    );
     assert_eq!(created["metadata"]["cvv"], "[REDACTED]");
     assert_eq!(created["metadata"]["note"], "backup card ************4444");
     let id = created["id"].as_str().unwrap();
@@ -318,7 +339,10 @@ async fn card_data_reaches_no_log_line_metric_event_answer_or_stored_byte() {
         .unwrap();
     assert_eq!(invalid.status(), 400);
     answers.push(invalid.text().await.unwrap());
-    for path in [format!("/v1/payments/{id}"), format!("/v1/payments/{id}/events")] {
+    for path in [
+        format!("/v1/payments/{id}"),
+        format!("/v1/payments/{id}/events"),
+    ] {
         let text = http
             .get(format!("{api}{path}"))
             .bearer_auth(&key)
@@ -330,7 +354,14 @@ async fn card_data_reaches_no_log_line_metric_event_answer_or_stored_byte() {
             .unwrap();
         answers.push(text);
     }
-    let metrics = http.get(format!("{ops}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = http
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
 
     serve.start_kill().unwrap();
     serve.wait().await.unwrap();
@@ -349,7 +380,10 @@ async fn card_data_reaches_no_log_line_metric_event_answer_or_stored_byte() {
     let line: Value = serde_json::from_str(line).unwrap();
     assert_eq!(line["correlation_id"], "corr-pan-test");
     assert_eq!(line["trace_id"].as_str().map(str::len), Some(32));
-    assert!(stored.contains("**** **** **** 1111"), "the masked text is what is stored");
+    assert!(
+        stored.contains("**** **** **** 1111"),
+        "the masked text is what is stored"
+    );
 
     let places = [
         ("log", logs.as_str()),

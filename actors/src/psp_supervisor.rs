@@ -129,7 +129,8 @@ impl PspHealth {
         metrics::gauge!("circuit_breaker_state", "psp" => id.to_string()).set(0.0);
         // The bulkhead's waiting line, as a queue.
         let queue = format!("psp:{id}");
-        metrics::gauge!("rialto_queue_capacity", "queue" => queue.clone()).set(limits.queue_max as f64);
+        metrics::gauge!("rialto_queue_capacity", "queue" => queue.clone())
+            .set(limits.queue_max as f64);
         metrics::gauge!("rialto_queue_depth", "queue" => queue).set(0.0);
         // Present from the first scrape, so `rate()` sees the first increment.
         for counter in [
@@ -400,7 +401,8 @@ async fn run_call(
                     .increment(1);
                 return refused(call, "psp bulkhead is full");
             }
-            metrics::gauge!("rialto_queue_depth", "queue" => queue.clone()).set((waiting + 1) as f64);
+            metrics::gauge!("rialto_queue_depth", "queue" => queue.clone())
+                .set((waiting + 1) as f64);
             let waited =
                 tokio::time::timeout(timeout, health.inflight.clone().acquire_owned()).await;
             let waiting = health.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
