@@ -3,8 +3,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use rialto_actors::psp::PspAdapter;
@@ -28,7 +34,7 @@ pub struct Running {
     pub sims: Vec<Arc<SimPsp>>,
     engine: Arc<Rialto>,
     stop: watch::Sender<bool>,
-    servers: tokio::task::JoinHandle<std::io::Result<((), ())>>,
+    servers: tokio::task::JoinHandle<((), ())>,
 }
 
 /// Starts Rialto as `config` says, with every engine and PSP time multiplied by `scale`.
@@ -66,13 +72,13 @@ pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
         // A closed channel means we are stopping anyway.
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let api_server = axum::serve(api, rialto_api::merchant_router(state.clone()))
-        .with_graceful_shutdown(wait(stopped.clone()));
-    let ops_server =
-        axum::serve(ops, rialto_api::ops_router(state)).with_graceful_shutdown(wait(stopped));
-    let servers = tokio::spawn(async move {
-        tokio::try_join!(api_server.into_future(), ops_server.into_future())
-    });
+    let api_server = serve_http(
+        api,
+        rialto_api::merchant_router(state.clone()),
+        wait(stopped.clone()),
+    );
+    let ops_server = serve_http(ops, rialto_api::ops_router(state), wait(stopped));
+    let servers = tokio::spawn(async move { tokio::join!(api_server, ops_server) });
     Ok(Running {
         api_addr,
         ops_addr,
@@ -84,6 +90,41 @@ pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
     })
 }
 
+/// Serves `router` over HTTP/1.1 on `listener` until `stop` resolves, then lets open requests
+/// finish. `axum::serve` does the same but offers no say over hyper's connection settings:
+/// here each connection's read buffer is capped at 8 KiB (hyper's smallest), which is what a
+/// JSON API with 64 KiB bodies needs and what keeps 10,000 open keep-alive connections cheap.
+async fn serve_http(listener: TcpListener, router: Router, stop: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .max_buf_size(8 * 1024)
+        .header_read_timeout(Duration::from_secs(30));
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before accept: not fatal.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true); // Responses go out in one write; no Nagle wait.
+        let service = TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = connection.await; // A client that hangs up mid-request is not our error.
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
 impl Running {
     /// Every circuit breaker change so far.
     pub fn breaker_transitions(&self) -> Vec<rialto_actors::psp_supervisor::BreakerChange> {
@@ -93,7 +134,7 @@ impl Running {
     /// Stops accepting requests, lets running ones finish, then stops the actor tree.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true); // Receivers live in the servers until they finish.
-        self.servers.await.context("server task")??;
+        self.servers.await.context("server task")?;
         if let Ok(engine) = Arc::try_unwrap(self.engine) {
             engine.shutdown().await;
         }

@@ -112,7 +112,17 @@ where
     let dispatch = Dispatch::new(
         tracing_subscriber::registry()
             .with(filter)
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("rialto")))
+            .with(
+                // Per span: no thread or source-location attributes, no busy/idle timing,
+                // and no OpenTelemetry context pushed on every poll of an instrumented
+                // future; ids are built on demand (export, log lines, `traceparent`).
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("rialto"))
+                    .with_location(false)
+                    .with_threads(false)
+                    .with_tracked_inactivity(false)
+                    .with_context_activation(false),
+            )
             .with(CorrelationLayer)
             .with(logs),
     );

@@ -174,7 +174,9 @@ enum Resolution {
 
 impl Driver {
     async fn run(mut self, merchant_id: Option<String>, command: Command) {
-        let result = self.start(merchant_id, command).await;
+        // Boxed, like every commit below: a commit's state is large and short-lived, and the
+        // actor's future, which lives as long as the payment waits for its PSP, stays small.
+        let result = Box::pin(self.start(merchant_id, command)).await;
         match result {
             Ok(Some(p)) => self.drive(p).await,
             Ok(None) => self.finish(Err(CommandError::NotFound)),
@@ -274,7 +276,8 @@ impl Driver {
                         // and durable, for the sweeper to finish when the PSP takes it.
                         Retry::GiveUp if soft && parks(&p, op) => {
                             if !self.deferred.is_empty()
-                                && let Err(e) = self.commit(p.clone(), Vec::new(), None).await
+                                && let Err(e) =
+                                    Box::pin(self.commit(p.clone(), Vec::new(), None)).await
                             {
                                 self.finish(Err(e));
                                 return;
@@ -295,7 +298,9 @@ impl Driver {
                         if !p.escalated {
                             tracing::warn!(payment_id = %p.id, queries, "payment outcome unknown; escalated");
                             metrics::counter!("rialto_payments_escalated_total").increment(1);
-                            if let Err(e) = self.transition(&p, vec![Event::Escalated]).await {
+                            if let Err(e) =
+                                Box::pin(self.transition(&p, vec![Event::Escalated])).await
+                            {
                                 tracing::error!(payment_id = %p.id, error = %e, "could not record the escalation");
                             }
                         }
@@ -327,7 +332,7 @@ impl Driver {
                     events_for_outcome(&p, op, outcome)
                 }
             };
-            match self.transition(&p, events).await {
+            match Box::pin(self.transition(&p, events)).await {
                 Ok(next) => p = next,
                 Err(e) => {
                     tracing::error!(payment_id = %p.id, error = %e, "payment transition failed");
