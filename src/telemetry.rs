@@ -25,8 +25,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::{Dispatch, Event, Subscriber};
 use tracing_opentelemetry::get_otel_context;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -99,14 +98,17 @@ fn dispatch<M>(
 where
     M: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let json = JsonLines::default();
+    let json = JsonLines {
+        dispatch: Arc::default(),
+        out: Redacting(out),
+    };
+    let handle = json.dispatch.clone();
     let logs = match format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .event_format(json.clone())
-            .with_writer(Redacting(out))
-            .boxed(),
+        // Its own layer rather than a fmt formatter: fmt renders every new span's fields
+        // into a string kept with the span, which JSON lines never read.
+        LogFormat::Json => json.boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(Redacting(out))
+            .with_writer(json.out)
             .boxed(),
     };
     let dispatch = Dispatch::new(
@@ -128,7 +130,7 @@ where
     );
     // Inside a subscriber callback `dispatcher::get_default` answers "none", so the
     // formatter keeps its own (weak) handle to read spans' OpenTelemetry ids.
-    let _ = json.dispatch.set(dispatch.downgrade());
+    let _ = handle.set(dispatch.downgrade());
     dispatch
 }
 
@@ -195,29 +197,26 @@ where
 
 /// One JSON object per event: `timestamp`, `level`, `target`, `message`, `trace_id`,
 /// `span_id`, `correlation_id`, `span` (the innermost span's name) and `fields`.
-#[derive(Clone, Default)]
-struct JsonLines {
+struct JsonLines<M> {
+    /// Inside a subscriber callback `dispatcher::get_default` answers "none", so the layer
+    /// keeps its own (weak) handle to read spans' OpenTelemetry ids.
     dispatch: Arc<OnceLock<WeakDispatch>>,
+    out: Redacting<M>,
 }
 
-impl<S, N> FormatEvent<S, N> for JsonLines
+impl<S, M> Layer<S> for JsonLines<M>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
+    M: for<'a> MakeWriter<'a> + 'static,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let mut fields = JsonFields(Map::new());
         event.record(&mut fields);
         let mut fields = fields.0;
         let message = fields.remove("message").unwrap_or(Value::Null);
         let (mut trace_id, mut span_id, mut correlation_id, mut span_name) =
             (Value::Null, Value::Null, Value::Null, Value::Null);
-        if let Some(scope) = ctx.event_scope() {
+        if let Some(scope) = ctx.event_scope(event) {
             let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade);
             for span in scope {
                 if span_name.is_null() {
@@ -254,7 +253,10 @@ where
             "span": span_name,
             "fields": fields,
         });
-        writeln!(writer, "{line}")
+        let mut text = line.to_string();
+        text.push('\n');
+        // Nowhere to report a failed log write.
+        let _ = self.out.make_writer().write_all(text.as_bytes());
     }
 }
 
