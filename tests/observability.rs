@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,12 +22,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{Value, json};
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
-}
 
 /// Collects exported spans with their resource's `service.name`.
 #[derive(Clone, Default)]
@@ -91,11 +84,7 @@ async fn one_payment_is_one_trace_from_the_api_through_the_psp_to_the_ledger() {
     let envs = [("OTEL_BSP_SCHEDULE_DELAY", "200")];
 
     let dir = tempfile::tempdir().unwrap();
-    let psp_config = write(
-        dir.path(),
-        "psp.toml",
-        "[psp]\nid = \"remote\"\nsecret = \"loopback-secret\"\nlatency = { kind = \"fixed\", ms = 2 }\n",
-    );
+    let psp_config = common::write(dir.path(), "psp.toml", common::PSP_SIM_TOML);
     let (_psp, psp_urls) = common::spawn_with(
         &[
             "psp-sim",
@@ -114,13 +103,10 @@ async fn one_payment_is_one_trace_from_the_api_through_the_psp_to_the_ledger() {
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     let key = common::merchant(data, "traced");
-    let serve_config = write(
+    let serve_config = common::write(
         dir.path(),
         "rialto.toml",
-        &format!(
-            "[[psp]]\nid = \"remote\"\nkind = \"http\"\nurl = \"{}\"\nsecret = \"loopback-secret\"\n",
-            psp_urls[0]
-        ),
+        &common::http_psp_toml(&psp_urls[0]),
     );
     let (_serve, urls) = common::spawn_with(
         &[

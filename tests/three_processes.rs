@@ -4,27 +4,15 @@
 
 mod common;
 
-use std::path::Path;
-
 use serde_json::Value;
 use tokio::process::Command;
 
 use common::BIN;
 
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psp_sim_serve_and_sim_target_work_together() {
     let dir = tempfile::tempdir().unwrap();
-    let psp_config = write(
-        dir.path(),
-        "psp.toml",
-        "[psp]\nid = \"remote\"\nsecret = \"loopback-secret\"\nlatency = { kind = \"fixed\", ms = 2 }\n",
-    );
+    let psp_config = common::write(dir.path(), "psp.toml", common::PSP_SIM_TOML);
     let (mut psp, psp_url) = common::spawn(
         &[
             "psp-sim",
@@ -40,11 +28,12 @@ async fn psp_sim_serve_and_sim_target_work_together() {
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     let key = common::merchant(data, "e2e");
-    let serve_config = write(
+    let serve_config = common::write(
         dir.path(),
         "rialto.toml",
         &format!(
-            "[engine]\npsp_call_timeout_ms = 2000\n\n[[psp]]\nid = \"remote\"\nkind = \"http\"\nurl = \"{psp_url}\"\nsecret = \"loopback-secret\"\n"
+            "[engine]\npsp_call_timeout_ms = 2000\n\n{}",
+            common::http_psp_toml(&psp_url)
         ),
     );
     let (mut serve, api_url) = common::spawn(

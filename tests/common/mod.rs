@@ -1,6 +1,7 @@
 //! Running the real `rialto` binary from tests.
 #![allow(dead_code)] // Each test file uses its own subset.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -91,5 +92,22 @@ pub fn ledger_check(data_dir: &str) -> (bool, String) {
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Writes `text` to `dir/name`; returns the path.
+pub fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// A `rialto psp-sim --config` file: PSP `remote`, 2 ms per call.
+pub const PSP_SIM_TOML: &str = "[psp]\nid = \"remote\"\nsecret = \"loopback-secret\"\nlatency = { kind = \"fixed\", ms = 2 }\n";
+
+/// The `[[psp]]` table of a serve config that reaches that PSP over HTTP at `url`.
+pub fn http_psp_toml(url: &str) -> String {
+    format!(
+        "[[psp]]\nid = \"remote\"\nkind = \"http\"\nurl = \"{url}\"\nsecret = \"loopback-secret\"\n"
     )
 }
