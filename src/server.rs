@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -96,8 +97,10 @@ pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
 /// JSON API with 64 KiB bodies needs and what keeps 10,000 open keep-alive connections cheap.
 async fn serve_http(listener: TcpListener, router: Router, stop: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    // HTTP/1.1, and HTTP/2 for clients that speak it without TLS (as `axum::serve` does).
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
         .max_buf_size(8 * 1024)
         .header_read_timeout(Duration::from_secs(30));
     tokio::pin!(stop);
@@ -116,7 +119,10 @@ async fn serve_http(listener: TcpListener, router: Router, stop: impl Future<Out
         };
         let _ = stream.set_nodelay(true); // Responses go out in one write; no Nagle wait.
         let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let connection = graceful.watch(
+            http.serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned(),
+        );
         tokio::spawn(async move {
             let _ = connection.await; // A client that hangs up mid-request is not our error.
         });
