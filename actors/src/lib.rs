@@ -17,6 +17,7 @@ pub mod psp;
 pub mod psp_http;
 pub mod psp_supervisor;
 pub mod root;
+pub mod trace_context;
 pub mod txn_supervisor;
 
 use std::collections::HashMap;

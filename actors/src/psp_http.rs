@@ -232,7 +232,7 @@ impl HttpPsp {
             .request(method, format!("{}{path}", self.base_url))
             .header(IDEMPOTENCY_HEADER, key)
             .header(SIGNATURE_HEADER, signature)
-            .headers(trace_headers());
+            .headers(crate::trace_context::outgoing());
         if !body.is_empty() {
             request = request
                 .header("content-type", "application/json")
@@ -344,34 +344,6 @@ impl PspAdapter for HttpPsp {
             _ => OperationStatus::Pending,
         }
     }
-}
-
-/// Makes `span` continue the trace a W3C `traceparent` header names (a caller's span becomes
-/// its parent). Without the header, or with a malformed one, the span starts its own trace.
-pub fn continue_trace(span: &tracing::Span, headers: &reqwest::header::HeaderMap) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    if !headers.contains_key("traceparent") {
-        return;
-    }
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
-    });
-    let _ = span.set_parent(parent); // A malformed header leaves a root span.
-}
-
-/// W3C `traceparent` (and `tracestate`) for the current span, so the PSP's side of the call
-/// joins the payment's trace. Empty when no propagator is installed.
-fn trace_headers() -> reqwest::header::HeaderMap {
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let mut headers = reqwest::header::HeaderMap::new();
-    let context = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(
-            &context,
-            &mut opentelemetry_http::HeaderInjector(&mut headers),
-        );
-    });
-    headers
 }
 
 #[cfg(test)]

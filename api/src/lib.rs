@@ -247,7 +247,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         http.response.status_code = tracing::field::Empty,
         correlation_id = %correlation,
     );
-    rialto_actors::psp_http::continue_trace(&span, req.headers());
+    rialto_actors::trace_context::continue_trace(&span, req.headers());
     let work = tokio::time::timeout(state.config.request_timeout, next.run(req));
     let mut response = match work.instrument(span.clone()).await {
         Ok(response) => response,

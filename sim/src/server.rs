@@ -17,8 +17,9 @@ use tracing::Instrument;
 use rialto_actors::psp::{OperationStatus, PspAdapter, PspOutcome, PspRequest};
 use rialto_actors::psp_http::{
     BODY_BYTES_MAX, IDEMPOTENCY_HEADER, OperationRequest, OperationResponse, OperationState,
-    SIGNATURE_HEADER, continue_trace, verify,
+    SIGNATURE_HEADER, verify,
 };
+use rialto_actors::trace_context::continue_trace;
 use rialto_engine::{Currency, Money};
 
 use crate::psp::SimPsp;
