@@ -53,24 +53,7 @@ impl Telemetry {
         format: LogFormat,
         otlp_endpoint: Option<&str>,
     ) -> anyhow::Result<Telemetry> {
-        let resource = Resource::builder().with_service_name(service).build();
-        let provider = match otlp_endpoint {
-            Some(endpoint) => {
-                let exporter = opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint)
-                    .build()?;
-                SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(resource)
-                    .build()
-            }
-            // Nothing to export to: spans still get ids (for the logs) but record nothing.
-            None => SdkTracerProvider::builder()
-                .with_sampler(Sampler::AlwaysOff)
-                .with_resource(resource)
-                .build(),
-        };
+        let provider = tracer_provider(service, otlp_endpoint)?;
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let filter = EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| "info,ractor=warn,h2=warn,tonic=warn,hyper=warn".into());
@@ -85,6 +68,33 @@ impl Telemetry {
             eprintln!("rialto: flushing traces: {e}");
         }
     }
+}
+
+/// Spans exported in batches by OTLP/gRPC to `otlp_endpoint`, or, without one, not recorded.
+fn tracer_provider(
+    service: &'static str,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<SdkTracerProvider> {
+    let resource = Resource::builder().with_service_name(service).build();
+    Ok(match otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()?;
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource)
+                .build()
+        }
+        // Nothing to export to: spans still get ids (for the logs) and record nothing,
+        // except that a caller's sampling decision is kept, so a PSP still sees a
+        // sampled `traceparent` when the merchant's own trace is sampled.
+        None => SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+            .with_resource(resource)
+            .build(),
+    })
 }
 
 /// The whole subscriber: spans to OpenTelemetry, correlation ids kept, log lines redacted,
@@ -319,9 +329,7 @@ mod tests {
     /// Runs `f` under the production layers with logs captured; returns the lines.
     fn capture(format: LogFormat, f: impl FnOnce()) -> Vec<String> {
         let out = Captured::default();
-        let provider = SdkTracerProvider::builder()
-            .with_sampler(Sampler::AlwaysOff)
-            .build();
+        let provider = tracer_provider("test", None).unwrap();
         let filter = EnvFilter::new("info");
         tracing::dispatcher::with_default(&dispatch(filter, &provider, format, out.clone()), f);
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
@@ -378,6 +386,37 @@ mod tests {
                 text.contains("4444") && text.contains("[REDACTED]"),
                 "{text}"
             );
+        }
+    }
+
+    /// Without an exporter a caller's trace still flows through: the request span continues
+    /// it and a PSP call inside carries the same trace id, sampled as the caller decided.
+    #[test]
+    fn without_export_the_callers_trace_context_is_continued_and_sent_on() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = tracer_provider("test", None).unwrap();
+        let dispatch = dispatch(EnvFilter::new("info"), &provider, LogFormat::Json, io::sink);
+        let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        for (flags, sampled) in [("01", true), ("00", false)] {
+            let mut incoming = reqwest::header::HeaderMap::new();
+            let parent = format!("00-{trace_id}-00f067aa0ba902b7-{flags}");
+            incoming.insert("traceparent", parent.parse().unwrap());
+            let sent = tracing::dispatcher::with_default(&dispatch, || {
+                let request = tracing::info_span!("http.request");
+                rialto_actors::trace_context::continue_trace(&request, &incoming);
+                let _request = request.enter();
+                let call = tracing::info_span!("psp.call");
+                let _call = call.enter();
+                rialto_actors::trace_context::outgoing()
+            });
+            let sent = sent["traceparent"].to_str().unwrap().to_string();
+            let parts: Vec<&str> = sent.split('-').collect();
+            assert_eq!(parts[1], trace_id, "{sent}");
+            assert_ne!(
+                parts[2], "00f067aa0ba902b7",
+                "our own span is the PSP's parent"
+            );
+            assert_eq!(parts[3] == "01", sampled, "{sent}");
         }
     }
 }
