@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -29,18 +30,14 @@ request_timeout_ms = 10000
 async fn serve(dir: &Path) -> (Child, String) {
     let data = dir.join("data");
     let config = dir.join("rialto.toml");
-    let args = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--ops-listen",
-        "127.0.0.1:0",
-        "--data-dir",
+    let (child, mut urls) = common::serve(
         data.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ];
-    common::spawn(&args, "rialto listening").await
+        &["--config", config.to_str().unwrap()],
+        &[],
+        Stdio::null(),
+    )
+    .await;
+    (child, urls.remove(0))
 }
 
 fn terminal(status: &str) -> bool {

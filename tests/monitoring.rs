@@ -374,21 +374,7 @@ async fn prometheus_scrapes_every_series_the_rules_and_dashboards_read() {
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     let key = common::merchant(data, "scraped");
-    let (_serve, urls) = common::spawn_with(
-        &[
-            "serve",
-            "--data-dir",
-            data,
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-        "rialto listening",
-        std::process::Stdio::null(),
-    )
-    .await;
+    let (_serve, urls) = common::serve(data, &[], &[], std::process::Stdio::null()).await;
     let ops = urls[1].trim_start_matches("http://").to_string();
 
     // The shipped config, pointed at this server, scraping and evaluating every second.

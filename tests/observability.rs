@@ -108,22 +108,10 @@ async fn one_payment_is_one_trace_from_the_api_through_the_psp_to_the_ledger() {
         "rialto.toml",
         &common::http_psp_toml(&psp_urls[0]),
     );
-    let (_serve, urls) = common::spawn_with(
-        &[
-            "serve",
-            "--config",
-            &serve_config,
-            "--data-dir",
-            data,
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-            "--otlp-endpoint",
-            &endpoint,
-        ],
+    let (_serve, urls) = common::serve(
+        data,
+        &["--config", &serve_config, "--otlp-endpoint", &endpoint],
         &envs,
-        "rialto listening",
         Stdio::null(),
     )
     .await;
@@ -250,18 +238,10 @@ async fn card_data_reaches_no_log_line_metric_event_answer_or_stored_byte() {
     let key = common::merchant(data_str, "careless");
     let log_path = dir.path().join("rialto.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let (mut serve, urls) = common::spawn_with(
-        &[
-            "serve",
-            "--data-dir",
-            data_str,
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-        ],
+    let (mut serve, urls) = common::serve(
+        data_str,
+        &[],
         &[("RUST_LOG", "info,rialto=debug")],
-        "rialto listening",
         Stdio::from(log),
     )
     .await;

@@ -36,21 +36,14 @@ async fn psp_sim_serve_and_sim_target_work_together() {
             common::http_psp_toml(&psp_url)
         ),
     );
-    let (mut serve, api_url) = common::spawn(
-        &[
-            "serve",
-            "--config",
-            &serve_config,
-            "--data-dir",
-            data,
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-        ],
-        "rialto listening",
+    let (mut serve, urls) = common::serve(
+        data,
+        &["--config", &serve_config],
+        &[],
+        std::process::Stdio::null(),
     )
     .await;
+    let api_url = urls[0].clone();
 
     let report_dir = dir.path().join("report");
     let sim = Command::new(BIN)

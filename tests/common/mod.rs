@@ -55,6 +55,27 @@ pub async fn spawn_with(
     (child, urls)
 }
 
+/// `rialto serve` on the data dir `data` with both listeners on free loopback ports, plus
+/// `extra` arguments; returns it with its URLs (the API's, then the ops listener's).
+pub async fn serve(
+    data: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+    stderr: Stdio,
+) -> (Child, Vec<String>) {
+    let mut args = vec![
+        "serve",
+        "--data-dir",
+        data,
+        "--listen",
+        "127.0.0.1:0",
+        "--ops-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    spawn_with(&args, envs, "rialto listening", stderr).await
+}
+
 /// `rialto merchant create` with no rate limit; returns the API key.
 pub fn merchant(data_dir: &str, name: &str) -> String {
     let out = std::process::Command::new(BIN)
