@@ -93,6 +93,8 @@ const TRANSITIONS_KEPT: usize = 1_000;
 /// health. The mutexes are `std`: held for a few instructions, never across an await.
 pub struct PspHealth {
     pub id: String,
+    /// `psp:<id>`: this PSP's name as a queue and as a supervisor in metrics.
+    label: String,
     clock: Arc<dyn Clock>,
     limits: PspLimits,
     breaker: Mutex<Breaker>,
@@ -127,11 +129,11 @@ pub struct HealthReport {
 impl PspHealth {
     pub fn new(id: &str, limits: PspLimits, clock: Arc<dyn Clock>) -> PspHealth {
         metrics::gauge!("circuit_breaker_state", "psp" => id.to_string()).set(0.0);
+        let label = format!("psp:{id}");
         // The bulkhead's waiting line, as a queue.
-        let queue = format!("psp:{id}");
-        metrics::gauge!("rialto_queue_capacity", "queue" => queue.clone())
+        metrics::gauge!("rialto_queue_capacity", "queue" => label.clone())
             .set(limits.queue_max as f64);
-        metrics::gauge!("rialto_queue_depth", "queue" => queue).set(0.0);
+        metrics::gauge!("rialto_queue_depth", "queue" => label.clone()).set(0.0);
         // Present from the first scrape, so `rate()` sees the first increment.
         for counter in [
             "rialto_bulkhead_rejections_total",
@@ -140,10 +142,11 @@ impl PspHealth {
         ] {
             metrics::counter!(counter, "psp" => id.to_string()).increment(0);
         }
-        metrics::counter!("rialto_supervisor_restarts_total", "supervisor" => format!("psp:{id}"))
+        metrics::counter!("rialto_supervisor_restarts_total", "supervisor" => label.clone())
             .increment(0);
         PspHealth {
             id: id.to_string(),
+            label,
             clock,
             breaker: Mutex::new(Breaker::new(limits.breaker.clone())),
             inflight: Arc::new(Semaphore::new(limits.inflight_max)),
@@ -348,7 +351,7 @@ impl Actor for PspSupervisor {
                 let psp = state.adapter.id().to_string();
                 metrics::counter!("rialto_psp_adapter_panics_total", "psp" => psp.clone())
                     .increment(1);
-                metrics::counter!("rialto_supervisor_restarts_total", "supervisor" => format!("psp:{psp}")).increment(1);
+                metrics::counter!("rialto_supervisor_restarts_total", "supervisor" => state.health.label.clone()).increment(1);
                 let marked_down = state.health.panicked();
                 tracing::error!(psp, ?call, marked_down, "psp adapter call panicked");
             }
@@ -394,7 +397,6 @@ async fn run_call(
     let permit = match health.inflight.clone().try_acquire_owned() {
         Ok(permit) => permit,
         Err(_) => {
-            let queue = format!("psp:{}", health.id);
             let waiting = health.waiting.fetch_add(1, Ordering::Relaxed);
             if waiting >= health.limits.queue_max {
                 health.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -402,12 +404,12 @@ async fn run_call(
                     .increment(1);
                 return refused(call, "psp bulkhead is full");
             }
-            metrics::gauge!("rialto_queue_depth", "queue" => queue.clone())
-                .set((waiting + 1) as f64);
+            let depth = metrics::gauge!("rialto_queue_depth", "queue" => health.label.clone());
+            depth.set((waiting + 1) as f64);
             let waited =
                 tokio::time::timeout(timeout, health.inflight.clone().acquire_owned()).await;
             let waiting = health.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
-            metrics::gauge!("rialto_queue_depth", "queue" => queue).set(waiting as f64);
+            depth.set(waiting as f64);
             match waited {
                 Ok(Ok(permit)) => permit,
                 // Never sent: nothing can have happened at the PSP.
