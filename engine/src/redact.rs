@@ -76,12 +76,17 @@ fn mask_pans(text: &str) -> Option<String> {
             i += 1;
             continue;
         }
-        // A run of digits with single separators between them.
-        let mut positions = Vec::with_capacity(19);
+        // A run of digits with single separators between them; up to 19 digits kept on the
+        // stack (every log line passes here, timestamps and all).
+        let mut digits = [0u8; 19];
+        let mut count = 0;
         let mut j = i;
         while j < bytes.len() {
             if bytes[j].is_ascii_digit() {
-                positions.push(j);
+                if count < digits.len() {
+                    digits[count] = bytes[j];
+                }
+                count += 1;
                 j += 1;
             } else if (bytes[j] == b' ' || bytes[j] == b'-')
                 && j + 1 < bytes.len()
@@ -93,11 +98,14 @@ fn mask_pans(text: &str) -> Option<String> {
                 break;
             }
         }
-        let digits: Vec<u8> = positions.iter().map(|&p| bytes[p]).collect();
-        if (13..=19).contains(&digits.len()) && luhn_valid(&digits) {
+        if (13..=19).contains(&count) && luhn_valid(&digits[..count]) {
             let buf = out.get_or_insert_with(|| bytes.to_vec());
-            for &p in &positions[..positions.len() - 4] {
-                buf[p] = b'*';
+            let mut masked = 0;
+            for b in &mut buf[i..j] {
+                if b.is_ascii_digit() && masked < count - 4 {
+                    *b = b'*';
+                    masked += 1;
+                }
             }
         }
         i = j.max(i + 1);
