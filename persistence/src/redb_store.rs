@@ -26,7 +26,10 @@ use tokio::sync::oneshot;
 use rialto_engine::{Account, Audit, Payment, Recorded, Status};
 
 use crate::rows::{self, EntryRow, EventRow, IdempotencyRow, MerchantRow, PaymentRow};
-use crate::{Balance, Commit, IdempotencyRecord, LedgerReport, Merchant, Page, Store, StoreError};
+use crate::{
+    Balance, Commit, IdempotencyRecord, LedgerReport, Merchant, Page, Store, StoreError,
+    StoredResponse,
+};
 
 const PAYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("payments");
 /// (merchant id, payment id): listing a merchant's payments in id (= time) order.
@@ -40,8 +43,14 @@ const OUTBOX: TableDefinition<u64, (&str, u64)> = TableDefinition::new("outbox")
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("journal_entries");
 /// (account, currency) → balance in minor units.
 const BALANCES: TableDefinition<(&str, &str), i64> = TableDefinition::new("balances");
-/// (merchant id, key) → idempotency record.
+/// (merchant id, key) → idempotency record: the claim, written once when the request starts.
 const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
+/// (resource id, merchant id, key) → the response a completed request replays. Kept apart from
+/// the claim so that a claim is written once and stays small: keys are the client's (random),
+/// so each claim dirties a page of its own, while responses, keyed by the time-ordered
+/// resource id, land together at the end of their table.
+const IDEMPOTENCY_RESPONSES: TableDefinition<(&str, &str, &str), &[u8]> =
+    TableDefinition::new("idempotency_responses");
 const MERCHANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("merchants");
 /// SHA-256 of an API key (hex) → merchant id.
 const API_KEYS: TableDefinition<&str, &str> = TableDefinition::new("api_keys");
@@ -115,6 +124,7 @@ impl RedbStore {
             txn.open_table(ENTRIES).map_err(io)?;
             txn.open_table(BALANCES).map_err(io)?;
             txn.open_table(IDEMPOTENCY).map_err(io)?;
+            txn.open_table(IDEMPOTENCY_RESPONSES).map_err(io)?;
             txn.open_table(MERCHANTS).map_err(io)?;
             txn.open_table(API_KEYS).map_err(io)?;
             txn.open_table(IN_FLIGHT).map_err(io)?;
@@ -254,6 +264,7 @@ struct Tables<'t> {
     entries: Table<'t, &'static str, &'static [u8]>,
     balances: Table<'t, (&'static str, &'static str), i64>,
     idempotency: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    idempotency_responses: Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>,
     merchants: Table<'t, &'static str, &'static [u8]>,
     api_keys: Table<'t, &'static str, &'static str>,
     in_flight: Table<'t, &'static str, ()>,
@@ -271,6 +282,7 @@ impl<'t> Tables<'t> {
             entries: txn.open_table(ENTRIES)?,
             balances: txn.open_table(BALANCES)?,
             idempotency: txn.open_table(IDEMPOTENCY)?,
+            idempotency_responses: txn.open_table(IDEMPOTENCY_RESPONSES)?,
             merchants: txn.open_table(MERCHANTS)?,
             api_keys: txn.open_table(API_KEYS)?,
             in_flight: txn.open_table(IN_FLIGHT)?,
@@ -350,6 +362,7 @@ fn apply_commit(
             found,
         }));
     }
+    let mut claimed = false;
     if let Some(w) = &c.idempotency {
         let existing = t
             .idempotency
@@ -359,6 +372,7 @@ fn apply_commit(
             .transpose()?
             .map(IdempotencyRecord::try_from)
             .transpose()?;
+        claimed = existing.is_some();
         let allowed = match (&existing, &w.record.response) {
             (None, _) => true,
             // Completing a request: only the request that started it may.
@@ -441,12 +455,23 @@ fn apply_commit(
         }
     }
     if let Some(w) = &c.idempotency {
-        t.idempotency
-            .insert(
-                (w.merchant_id.as_str(), w.key.as_str()),
-                rows::encode(&IdempotencyRow::from(&w.record)).as_slice(),
-            )
-            .map_err(io)?;
+        let (merchant, key) = (w.merchant_id.as_str(), w.key.as_str());
+        if !claimed {
+            t.idempotency
+                .insert(
+                    (merchant, key),
+                    rows::encode(&IdempotencyRow::claim(&w.record)).as_slice(),
+                )
+                .map_err(io)?;
+        }
+        if let Some(response) = &w.record.response {
+            t.idempotency_responses
+                .insert(
+                    (w.record.resource_id.as_str(), merchant, key),
+                    rows::encode(&(response.status, &response.body)).as_slice(),
+                )
+                .map_err(io)?;
+        }
     }
     if p.pending.is_some() {
         t.in_flight.insert(id, ()).map_err(io)?;
@@ -654,10 +679,22 @@ impl Store for RedbStore {
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(IDEMPOTENCY).map_err(io)?;
-        match table.get((merchant_id, key)).map_err(io)? {
-            Some(v) => Ok(Some(rows::decode::<IdempotencyRow>(v.value())?.try_into()?)),
-            None => Ok(None),
+        let Some(claim) = table.get((merchant_id, key)).map_err(io)? else {
+            return Ok(None);
+        };
+        let mut record =
+            IdempotencyRecord::try_from(rows::decode::<IdempotencyRow>(claim.value())?)?;
+        if record.response.is_none() {
+            let responses = txn.open_table(IDEMPOTENCY_RESPONSES).map_err(io)?;
+            if let Some(v) = responses
+                .get((record.resource_id.as_str(), merchant_id, key))
+                .map_err(io)?
+            {
+                let (status, body) = rows::decode::<(u16, Vec<u8>)>(v.value())?;
+                record.response = Some(StoredResponse { status, body });
+            }
         }
+        Ok(Some(record))
     }
 
     async fn balances(&self, account_prefix: &str) -> Result<Vec<Balance>, StoreError> {
@@ -712,5 +749,52 @@ impl Store for RedbStore {
 
     async fn health(&self) -> Result<(), StoreError> {
         self.send(Write::Probe).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows written before responses had a table of their own carried the response in the
+    /// claim; such a store still replays it.
+    #[tokio::test]
+    async fn a_response_stored_in_the_claim_by_an_earlier_version_still_replays() {
+        #[derive(serde::Serialize)]
+        struct EarlierRow {
+            fingerprint: String,
+            resource_id: String,
+            response: Option<(u16, Vec<u8>)>,
+            created_at_ms: i64,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let row = EarlierRow {
+            fingerprint: "ab".repeat(32),
+            resource_id: "pay_old".into(),
+            response: Some((201, b"{\"id\":\"pay_old\"}".to_vec())),
+            created_at_ms: 5,
+        };
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(IDEMPOTENCY)
+            .unwrap()
+            .insert(("mer_a", "old-key"), rows::encode(&row).as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+
+        let record = store
+            .idempotency("mer_a", "old-key")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.resource_id, "pay_old");
+        assert_eq!(record.fingerprint, [0xab; 32]);
+        assert_eq!(
+            record.response,
+            Some(StoredResponse {
+                status: 201,
+                body: b"{\"id\":\"pay_old\"}".to_vec()
+            })
+        );
     }
 }

@@ -438,17 +438,20 @@ impl From<MerchantRow> for Merchant {
 #[derive(Serialize, Deserialize)]
 pub struct IdempotencyRow {
     fingerprint: String,
+    /// Always `None` in what Rialto writes now (the response has a table of its own, see
+    /// `redb_store`); kept so rows written by earlier versions, which held it here, still read.
     resource_id: String,
     response: Option<(u16, Vec<u8>)>,
     created_at_ms: i64,
 }
 
-impl From<&IdempotencyRecord> for IdempotencyRow {
-    fn from(r: &IdempotencyRecord) -> IdempotencyRow {
+impl IdempotencyRow {
+    /// The claim on a key: everything but the response, which is stored apart.
+    pub fn claim(r: &IdempotencyRecord) -> IdempotencyRow {
         IdempotencyRow {
             fingerprint: hex_encode(&r.fingerprint),
             resource_id: r.resource_id.clone(),
-            response: r.response.as_ref().map(|x| (x.status, x.body.clone())),
+            response: None,
             created_at_ms: r.created_at_ms,
         }
     }

@@ -176,6 +176,13 @@ async fn stale_versions_reused_keys_and_double_posts_are_refused_and_write_nothi
     );
     assert!(store.ledger_check().await.unwrap().balanced());
 
+    // In progress: the claim is there, no response yet.
+    let claim = store.idempotency("mer_a", "key-1").await.unwrap().unwrap();
+    assert_eq!(
+        (claim.resource_id.as_str(), claim.response),
+        ("pay_a", None)
+    );
+
     // Completing the original request stores its response for replay.
     let mut done = p.clone();
     done.version += 1;
@@ -193,7 +200,16 @@ async fn stale_versions_reused_keys_and_double_posts_are_refused_and_write_nothi
         .await
         .unwrap();
     let record = store.idempotency("mer_a", "key-1").await.unwrap().unwrap();
-    assert_eq!(record.response.unwrap().status, 201);
+    assert_eq!(
+        record.response,
+        Some(StoredResponse {
+            status: 201,
+            body: b"{}".to_vec()
+        })
+    );
+    assert_eq!(record.fingerprint, [7; 32]);
+    // Another merchant's same key is another key.
+    assert_eq!(store.idempotency("mer_b", "key-1").await.unwrap(), None);
 }
 
 fn store_entry_like(p: &Payment) -> rialto_engine::JournalEntry {
