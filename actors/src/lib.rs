@@ -175,6 +175,9 @@ pub struct IdempotencySpec {
     pub render: Renderer,
     /// Set once the key is claimed in the store by this request's first commit.
     pub claimed: bool,
+    /// The response committed for replay, handed to the request that is waiting for it so
+    /// that it answers with the very bytes it would replay (rendered once, not twice).
+    pub rendered: Arc<std::sync::Mutex<Option<StoredResponse>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -409,9 +409,7 @@ impl Driver {
                 },
             })
         });
-        let completes = idempotency
-            .as_ref()
-            .is_some_and(|w| w.record.response.is_some());
+        let completes = idempotency.as_ref().and_then(|w| w.record.response.clone());
         let mut all = std::mem::take(&mut self.deferred);
         all.extend(events);
         let span = tracing::info_span!(
@@ -439,7 +437,8 @@ impl Driver {
             })?;
         if let Some(spec) = self.idempotency.as_mut() {
             spec.claimed = true;
-            if completes {
+            if let Some(response) = completes {
+                *spec.rendered.lock().unwrap_or_else(|e| e.into_inner()) = Some(response);
                 self.idempotency = None;
             }
         }

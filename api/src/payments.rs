@@ -85,7 +85,7 @@ fn parse<T: DeserializeOwned>(
     // Parse once into a value (for the canonical fingerprint), then into the typed request.
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| Problem::invalid(format!("malformed JSON: {e}")))?;
-    let typed = serde_json::from_value(value.clone())
+    let typed = T::deserialize(&value)
         .map_err(|e| Problem::invalid(format!("invalid request body: {e}")))?;
     Ok((typed, value))
 }
@@ -235,9 +235,14 @@ where
         fingerprint,
         render: render.clone(),
         claimed: false,
+        rendered: Arc::default(),
     };
+    let rendered = spec.rendered.clone();
     let payment = run(spec).await?;
-    Ok(send(render(&payment), false))
+    // The response committed for replay when the payment came to rest; a request that
+    // returns before that (a parked capture) renders what it has.
+    let committed = rendered.lock().unwrap_or_else(|e| e.into_inner()).take();
+    Ok(send(committed.unwrap_or_else(|| render(&payment)), false))
 }
 
 #[utoipa::path(

@@ -19,6 +19,11 @@ use rialto_persistence::{
     Commit, IdempotencyRecord, IdempotencyWrite, RedbStore, Store, StoreOptions, StoredResponse,
 };
 
+/// The allocator `rialto` runs with, so that the writer thread's allocations cost here what
+/// they cost in the server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn payment_commit(n: u64) -> Commit {
     let id = format!("pay_{n:032x}");
     let (p, events) = Payment::create(

@@ -263,6 +263,19 @@ fn pick(mix: &MixSpec, rng: &mut Rng) -> Flow {
     Flow::Approve
 }
 
+/// The fields of an answer (a payment or a refund) the load generator reads; the rest of the
+/// body is skipped rather than built into a JSON tree.
+#[derive(Default, serde::Deserialize)]
+struct Answer {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    psp: String,
+    #[serde(default)]
+    status: String,
+    amount: Option<i64>,
+}
+
 struct Worker {
     client: reqwest::Client,
     target: Target,
@@ -273,18 +286,18 @@ struct Worker {
 }
 
 impl Worker {
-    async fn post(&self, path: &str, key: &str, body: Value) -> Result<(u16, Value), String> {
+    async fn post(&self, path: &str, key: &str, body: &Value) -> Result<(u16, Answer), String> {
         let response = self
             .client
             .post(format!("{}{path}", self.target.base_url))
             .bearer_auth(&self.target.api_key)
             .header("Idempotency-Key", key)
-            .json(&body)
+            .json(body)
             .send()
             .await
             .map_err(|_| "transport_error".to_string())?;
         let status = response.status().as_u16();
-        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        let body = response.json::<Answer>().await.unwrap_or_default();
         Ok((status, body))
     }
 
@@ -320,13 +333,13 @@ impl Worker {
                           "capture_method": capture, "merchant_reference": key});
         // Like a real client: a 504 "still processing" or a 409 "in progress" is retried with
         // the same Idempotency-Key (bounded), and latency runs until the final answer.
-        let mut result = self.post("/v1/payments", &key, body.clone()).await;
+        let mut result = self.post("/v1/payments", &key, &body).await;
         for _ in 0..CLIENT_RETRIES_MAX {
             if !matches!(result, Ok((504 | 409, _))) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-            result = self.post("/v1/payments", &key, body.clone()).await;
+            result = self.post("/v1/payments", &key, &body).await;
         }
         let (status, payment) = match result {
             Ok((201, p)) => (201, p),
@@ -346,10 +359,13 @@ impl Worker {
         debug_assert_eq!(status, 201);
         let took = scheduled.elapsed();
         self.recorder.record(Kind::Payment, scheduled, took, false);
-        let id = payment["id"].as_str().unwrap_or_default().to_string();
-        let psp = payment["psp"].as_str().unwrap_or_default().to_string();
+        let Answer {
+            id,
+            psp,
+            status: mut last,
+            ..
+        } = payment;
         self.recorder.psp_latency(&psp, took);
-        let mut last = payment["status"].as_str().unwrap_or_default().to_string();
         let follow = match (flow, last.as_str()) {
             (Flow::Manual, "authorized") => Some((format!("/v1/payments/{id}/capture"), json!({}))),
             (Flow::Refund, "captured") => Some((
@@ -360,15 +376,15 @@ impl Worker {
         };
         if let Some((path, body)) = follow {
             let started = Instant::now();
-            let result = self.post(&path, &format!("{key}-2"), body).await;
+            let result = self.post(&path, &format!("{key}-2"), &body).await;
             let ok = matches!(&result, Ok((200 | 201, _)));
             self.recorder
                 .record(Kind::Follow, started, started.elapsed(), !ok);
             match result {
-                Ok((200, p)) => last = p["status"].as_str().unwrap_or_default().to_string(),
+                Ok((200, p)) => last = p.status,
                 // The refund object: the payment is now (partially) refunded if it succeeded.
-                Ok((201, r)) if r["status"] == "succeeded" => {
-                    let full = r["amount"].as_i64() == Some(amount);
+                Ok((201, r)) if r.status == "succeeded" => {
+                    let full = r.amount == Some(amount);
                     last = if full {
                         "refunded"
                     } else {
