@@ -126,12 +126,53 @@ async fn payment_lifecycle(store: &RedbStore, n: u64) {
         .expect("durable commit");
 }
 
-fn payments(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// Runs `iters` operations from `writers` concurrent tasks, each operation numbered from
+/// `next`, and returns the time scaled to exactly `iters` operations.
+fn run_concurrently<F, Fut>(
+    runtime: &tokio::runtime::Runtime,
+    store: &Arc<RedbStore>,
+    next: &Arc<AtomicU64>,
+    writers: u64,
+    iters: u64,
+    op: F,
+) -> Duration
+where
+    F: Fn(Arc<RedbStore>, u64) -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let (store, next) = (store.clone(), next.clone());
+    runtime.block_on(async move {
+        let per_writer = iters.div_ceil(writers);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..writers)
+            .map(|_| {
+                let (store, next) = (store.clone(), next.clone());
+                tokio::spawn(async move {
+                    for _ in 0..per_writer {
+                        op(store.clone(), next.fetch_add(1, Ordering::Relaxed)).await;
+                    }
+                })
+            })
+            .collect();
+        for t in futures::future::join_all(tasks).await {
+            t.expect("writer task");
+        }
+        started
+            .elapsed()
+            .mul_f64(iters as f64 / (per_writer * writers) as f64)
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+fn payments(c: &mut Criterion) {
+    let runtime = runtime();
     let mut group = c.benchmark_group("payment_lifecycle");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(10));
@@ -142,41 +183,23 @@ fn payments(c: &mut Criterion) {
     let writers = 400u64;
     group.bench_function(BenchmarkId::new("group_commit", writers), |b| {
         b.iter_custom(|iters| {
-            let store = store.clone();
-            let next = next.clone();
-            runtime.block_on(async move {
-                let per_writer = iters.div_ceil(writers);
-                let started = Instant::now();
-                let tasks: Vec<_> = (0..writers)
-                    .map(|_| {
-                        let store = store.clone();
-                        let next = next.clone();
-                        tokio::spawn(async move {
-                            for _ in 0..per_writer {
-                                let n = next.fetch_add(1, Ordering::Relaxed);
-                                payment_lifecycle(&store, n).await;
-                            }
-                        })
-                    })
-                    .collect();
-                for t in futures::future::join_all(tasks).await {
-                    t.expect("writer task");
-                }
-                started
-                    .elapsed()
-                    .mul_f64(iters as f64 / (per_writer * writers) as f64)
-            })
+            run_concurrently(
+                &runtime,
+                &store,
+                &next,
+                writers,
+                iters,
+                |store, n| async move {
+                    payment_lifecycle(&store, n).await;
+                },
+            )
         })
     });
     group.finish();
 }
 
 fn commits(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     let mut group = c.benchmark_group("durable_commits");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(6));
@@ -195,34 +218,19 @@ fn commits(c: &mut Criterion) {
             let next = Arc::new(AtomicU64::new(0));
             group.bench_with_input(BenchmarkId::new(mode, writers), &writers, |b, &writers| {
                 b.iter_custom(|iters| {
-                    let store = store.clone();
-                    let next = next.clone();
-                    runtime.block_on(async move {
-                        let per_writer = iters.div_ceil(writers);
-                        let started = Instant::now();
-                        let tasks: Vec<_> = (0..writers)
-                            .map(|_| {
-                                let store = store.clone();
-                                let next = next.clone();
-                                tokio::spawn(async move {
-                                    for _ in 0..per_writer {
-                                        let n = next.fetch_add(1, Ordering::Relaxed);
-                                        store
-                                            .commit(payment_commit(n))
-                                            .await
-                                            .expect("durable commit");
-                                    }
-                                })
-                            })
-                            .collect();
-                        for t in futures::future::join_all(tasks).await {
-                            t.expect("writer task");
-                        }
-                        // Scale to exactly `iters` commits' worth of time.
-                        started
-                            .elapsed()
-                            .mul_f64(iters as f64 / (per_writer * writers) as f64)
-                    })
+                    run_concurrently(
+                        &runtime,
+                        &store,
+                        &next,
+                        writers,
+                        iters,
+                        |store, n| async move {
+                            store
+                                .commit(payment_commit(n))
+                                .await
+                                .expect("durable commit");
+                        },
+                    )
                 })
             });
         }
