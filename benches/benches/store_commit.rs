@@ -81,15 +81,12 @@ async fn payment_lifecycle(store: &RedbStore, n: u64) {
     write.key = key.clone();
     let authorizing = first.payment.clone();
     store.commit(first).await.expect("durable commit");
-    let authorized = apply(
-        &authorizing,
-        &Event::Authorized {
-            psp_reference: format!("psp_{n}"),
-        },
-        2,
-    )
-    .expect("authorized")
-    .payment;
+    let authorized_event = Event::Authorized {
+        psp_reference: format!("psp_{n}"),
+    };
+    let authorized = apply(&authorizing, &authorized_event, 2)
+        .expect("authorized")
+        .payment;
     let capture = authorized.follow_up().expect("automatic capture");
     let capturing = apply(&authorized, &capture, 2).expect("capture").payment;
     let captured_event = Event::Captured { fee_minor: 30 };
@@ -98,13 +95,7 @@ async fn payment_lifecycle(store: &RedbStore, n: u64) {
     store
         .commit(Commit {
             payment: captured.payment,
-            events: vec![
-                Event::Authorized {
-                    psp_reference: format!("psp_{n}"),
-                },
-                capture,
-                captured_event,
-            ],
+            events: vec![authorized_event, capture, captured_event],
             entry: captured.entry,
             idempotency: Some(IdempotencyWrite {
                 merchant_id: "mer_bench".into(),

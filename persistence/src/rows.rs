@@ -438,9 +438,9 @@ impl From<MerchantRow> for Merchant {
 #[derive(Serialize, Deserialize)]
 pub struct IdempotencyRow {
     fingerprint: String,
+    resource_id: String,
     /// Always `None` in what Rialto writes now (the response has a table of its own, see
     /// `redb_store`); kept so rows written by earlier versions, which held it here, still read.
-    resource_id: String,
     response: Option<(u16, Vec<u8>)>,
     created_at_ms: i64,
 }

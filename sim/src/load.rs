@@ -266,12 +266,10 @@ fn pick(mix: &MixSpec, rng: &mut Rng) -> Flow {
 /// The fields of an answer (a payment or a refund) the load generator reads; the rest of the
 /// body is skipped rather than built into a JSON tree.
 #[derive(Default, serde::Deserialize)]
+#[serde(default)]
 struct Answer {
-    #[serde(default)]
     id: String,
-    #[serde(default)]
     psp: String,
-    #[serde(default)]
     status: String,
     amount: Option<i64>,
 }
@@ -569,10 +567,11 @@ async fn settle(
                 .send()
                 .await;
             if let Ok(r) = response
-                && let Ok(p) = r.json::<Value>().await
-                && let (Some(status), Some(psp)) = (p["status"].as_str(), p["psp"].as_str())
+                && let Ok(p) = r.json::<Answer>().await
+                && !p.status.is_empty()
+                && !p.psp.is_empty()
             {
-                recorder.payment(&id, psp, status);
+                recorder.payment(&id, &p.psp, &p.status);
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
