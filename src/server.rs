@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use rialto_actors::psp::PspAdapter;
@@ -61,12 +61,9 @@ pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
     let engine = Arc::new(builder.start().await.map_err(anyhow::Error::msg)?);
     let state = rialto_api::AppState::new(engine.clone(), config.api_config(scale));
 
-    let api = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let ops = tokio::net::TcpListener::bind(config.ops_listen)
-        .await
-        .with_context(|| format!("binding {}", config.ops_listen))?;
+    let api = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let ops =
+        listen(config.ops_listen).with_context(|| format!("binding {}", config.ops_listen))?;
     let (api_addr, ops_addr) = (api.local_addr()?, ops.local_addr()?);
     let (stop, stopped) = watch::channel(false);
     let wait = |mut rx: watch::Receiver<bool>| async move {
@@ -92,6 +89,24 @@ pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
 }
 
 /// Serves `router` over HTTP/1.1 on `listener` until `stop` resolves, then lets open requests
+/// Connections the kernel may complete and queue before we accept them (capped by
+/// `net.core.somaxconn`). Tokio's `TcpListener::bind` asks for 1,024: a burst of new clients
+/// beyond that had their SYNs dropped, and each such client waited out the retransmission
+/// (1 s, then 3 s, 7 s…) before its request even started.
+const LISTEN_BACKLOG: u32 = 4_096;
+
+/// Binds a listener (with `SO_REUSEADDR`, as std does) and a backlog of `LISTEN_BACKLOG`.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// finish. `axum::serve` does the same but offers no say over hyper's connection settings:
 /// here each connection's read buffer is capped at 8 KiB (hyper's smallest), which is what a
 /// JSON API with 64 KiB bodies needs and what keeps 10,000 open keep-alive connections cheap.
@@ -145,5 +160,49 @@ impl Running {
             engine.shutdown().await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of connections bigger than tokio's default backlog (1,024) all get in while
+    /// nobody accepts: none waits for a SYN retransmission. With the default backlog the ones
+    /// past the 1,025th are dropped and time out here.
+    #[tokio::test]
+    async fn a_burst_of_new_connections_is_queued_not_dropped() {
+        const BURST: usize = 1_600;
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if somaxconn < BURST + 64 {
+            eprintln!(
+                "net.core.somaxconn is {somaxconn}: the kernel caps the backlog below the burst; not checked"
+            );
+            return;
+        }
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..BURST {
+            connects.spawn(tokio::time::timeout(
+                Duration::from_millis(700),
+                tokio::net::TcpStream::connect(addr),
+            ));
+        }
+        let mut streams = Vec::with_capacity(BURST);
+        while let Some(done) = connects.join_next().await {
+            if let Ok(Ok(stream)) = done.unwrap() {
+                streams.push(stream);
+            }
+        }
+        assert_eq!(
+            streams.len(),
+            BURST,
+            "connections completed without an accept"
+        );
+        drop(listener);
     }
 }

@@ -87,6 +87,10 @@ pub struct BreakerChange {
 }
 
 const LATENCY_SAMPLES: usize = 256;
+/// How long a latency summary (samples in the window, p95) serves before it is recomputed.
+/// Routing reads every PSP's summary for every payment; recomputing each time meant copying
+/// and selecting over all samples of all PSPs per payment, for a figure that hardly moves.
+const LATENCY_SUMMARY_MS: i64 = 100;
 const TRANSITIONS_KEPT: usize = 1_000;
 
 /// A PSP's protective state. Owned by its supervisor, shared read-mostly with routing and
@@ -106,7 +110,16 @@ pub struct PspHealth {
     /// (when, latency) of recent calls, kept for one breaker window: a PSP nobody calls
     /// any more must not stay "slow" on old figures.
     latencies_ms: Mutex<VecDeque<(i64, u64)>>,
+    /// The last summary of `latencies_ms` and when it was made.
+    latency_summary: Mutex<LatencySummary>,
     transitions: Mutex<VecDeque<BreakerChange>>,
+}
+
+#[derive(Clone, Copy)]
+struct LatencySummary {
+    at_ms: i64,
+    samples: usize,
+    p95_ms: u64,
 }
 
 /// A PSP's health as `/readyz` and routing report it.
@@ -156,6 +169,11 @@ impl PspHealth {
             down_until_ms: AtomicI64::new(i64::MIN),
             panics: Mutex::new(VecDeque::new()),
             latencies_ms: Mutex::new(VecDeque::with_capacity(LATENCY_SAMPLES)),
+            latency_summary: Mutex::new(LatencySummary {
+                at_ms: i64::MIN,
+                samples: 0,
+                p95_ms: 0,
+            }),
             transitions: Mutex::new(VecDeque::new()),
         }
     }
@@ -186,8 +204,8 @@ impl PspHealth {
         self.disabled.store(disabled, Ordering::Relaxed);
     }
 
-    /// Everything routing and `/readyz` read, in one pass: one breaker lock, one copy of the
-    /// recent latencies (this runs for every payment routed).
+    /// Everything routing and `/readyz` read, in one pass: one breaker lock and the latency
+    /// summary, at most `LATENCY_SUMMARY_MS` old (this runs for every payment routed).
     pub fn report(&self) -> HealthReport {
         let now = self.clock.now_ms();
         let (state, (calls, failures), would_allow) = {
@@ -196,7 +214,7 @@ impl PspHealth {
         };
         let disabled = self.disabled.load(Ordering::Relaxed);
         let down = self.down(now);
-        let mut samples = self.recent_latencies();
+        let latency = self.latency_summary(now);
         HealthReport {
             psp: self.id.clone(),
             breaker: state,
@@ -205,21 +223,38 @@ impl PspHealth {
             down,
             calls_in_window: calls,
             error_rate_pct: (failures * 100).checked_div(calls).unwrap_or(0),
-            latency_samples: samples.len(),
-            latency_p95_ms: p95(&mut samples),
+            latency_samples: latency.samples,
+            latency_p95_ms: latency.p95_ms,
             inflight: self.limits.inflight_max - self.inflight.available_permits(),
             waiting: self.waiting.load(Ordering::Relaxed),
         }
     }
 
-    /// Latencies of calls within the last breaker window, oldest first.
-    fn recent_latencies(&self) -> Vec<u64> {
-        let horizon = self.clock.now_ms() - self.limits.breaker.window_ms as i64;
-        let mut l = self.latencies_ms.lock().unwrap_or_else(|e| e.into_inner());
-        while l.front().is_some_and(|(at, _)| *at < horizon) {
-            l.pop_front();
+    /// Calls within the last breaker window and their p95, recomputed when the last summary
+    /// is older than `LATENCY_SUMMARY_MS` (or from a clock that went back).
+    fn latency_summary(&self, now: i64) -> LatencySummary {
+        let mut summary = self
+            .latency_summary
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let age = now.saturating_sub(summary.at_ms);
+        if (0..LATENCY_SUMMARY_MS).contains(&age) {
+            return *summary;
         }
-        l.iter().map(|(_, ms)| *ms).collect()
+        let horizon = now - self.limits.breaker.window_ms as i64;
+        let mut samples: Vec<u64> = {
+            let mut l = self.latencies_ms.lock().unwrap_or_else(|e| e.into_inner());
+            while l.front().is_some_and(|(at, _)| *at < horizon) {
+                l.pop_front();
+            }
+            l.iter().map(|(_, ms)| *ms).collect()
+        };
+        *summary = LatencySummary {
+            at_ms: now,
+            samples: samples.len(),
+            p95_ms: p95(&mut samples),
+        };
+        *summary
     }
 
     pub fn transitions(&self) -> Vec<BreakerChange> {
@@ -523,6 +558,41 @@ mod tests {
         clock.0.store(10_001, Ordering::Relaxed);
         let r = health.report();
         assert_eq!((r.latency_p95_ms, r.latency_samples), (0, 0));
+    }
+
+    /// Routing reads a summary that is recomputed every `LATENCY_SUMMARY_MS`, not per payment:
+    /// calls observed in between show up once it is due, and not before.
+    #[test]
+    fn the_latency_summary_is_recomputed_when_due() {
+        let clock = Arc::new(ManualClock(AtomicI64::new(1_000)));
+        let limits = PspLimits {
+            breaker: BreakerConfig::default(),
+            inflight_max: 4,
+            queue_max: 4,
+            crash_max: 5,
+            crash_window: Duration::from_secs(60),
+        };
+        let health = PspHealth::new("psp", limits, clock.clone());
+        for _ in 0..20 {
+            health.observe(Duration::from_millis(10), false);
+        }
+        let r = health.report();
+        assert_eq!((r.latency_p95_ms, r.latency_samples), (10, 20));
+        for _ in 0..20 {
+            health.observe(Duration::from_millis(900), false);
+        }
+        clock
+            .0
+            .store(1_000 + LATENCY_SUMMARY_MS - 1, Ordering::Relaxed);
+        let r = health.report();
+        assert_eq!((r.latency_p95_ms, r.latency_samples), (10, 20));
+        clock.0.store(1_000 + LATENCY_SUMMARY_MS, Ordering::Relaxed);
+        let r = health.report();
+        assert_eq!((r.latency_p95_ms, r.latency_samples), (900, 40));
+        // A clock that steps back does not pin an old summary.
+        health.observe(Duration::from_millis(5), false);
+        clock.0.store(500, Ordering::Relaxed);
+        assert_eq!(health.report().latency_samples, 41);
     }
 
     #[test]
