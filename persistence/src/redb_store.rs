@@ -90,7 +90,7 @@ impl Default for StoreOptions {
 type Reply = oneshot::Sender<Result<(), StoreError>>;
 
 enum Write {
-    Commit(Box<Commit>, Reply),
+    Commit(Arc<Prepared>, Reply),
     Merchant(Merchant, Reply),
     Probe(Reply),
 }
@@ -175,6 +175,74 @@ impl Drop for RedbStore {
     }
 }
 
+/// A commit with its rows already encoded, on the caller's thread: the writer is the one
+/// serial part of the engine, so it only validates and inserts. The caller keeps the other
+/// `Arc` and drops it after the reply, so what the caller allocated is freed on its own thread
+/// (freeing another thread's memory is the slow path of the allocator).
+struct Prepared {
+    commit: Commit,
+    payment_row: Vec<u8>,
+    events_row: Vec<u8>,
+    entry_row: Option<Vec<u8>>,
+    /// The entry's postings as (account, currency, amount).
+    postings: Vec<(String, &'static str, i64)>,
+    claim_row: Option<Vec<u8>>,
+    response_row: Option<Vec<u8>>,
+}
+
+impl Prepared {
+    fn new(commit: Commit) -> Prepared {
+        assert!(
+            !commit.events.is_empty(),
+            "a commit records at least one event"
+        );
+        let event_rows: Vec<EventRow> = commit
+            .events
+            .iter()
+            .map(|e| EventRow::new(e, commit.at_ms))
+            .collect();
+        let (entry_row, postings) = match &commit.entry {
+            Some(entry) => {
+                // Asserted before it is written; asserted again when read back.
+                assert!(
+                    entry.check_balanced().is_ok(),
+                    "unbalanced entry {}",
+                    entry.id
+                );
+                let postings = entry
+                    .postings
+                    .iter()
+                    .map(|p| (p.account.to_string(), p.currency.code(), p.amount_minor))
+                    .collect();
+                (
+                    Some(rows::encode(&EntryRow::new(entry, commit.at_ms))),
+                    postings,
+                )
+            }
+            None => (None, Vec::new()),
+        };
+        let (claim_row, response_row) = match &commit.idempotency {
+            Some(w) => (
+                Some(rows::encode(&IdempotencyRow::claim(&w.record))),
+                w.record
+                    .response
+                    .as_ref()
+                    .map(|r| rows::encode(&(r.status, &r.body))),
+            ),
+            None => (None, None),
+        };
+        Prepared {
+            payment_row: encode_payment(&commit.payment),
+            events_row: rows::encode(&event_rows),
+            entry_row,
+            postings,
+            claim_row,
+            response_row,
+            commit,
+        }
+    }
+}
+
 /// What one batch accumulates before it is written: balances are summed across the batch's
 /// commits and each touched balance is written once, however many captures hit it.
 struct BatchState {
@@ -251,7 +319,11 @@ fn read_outbox_seq(db: &Database) -> Result<u64, StoreError> {
 
 fn reply(w: Write, result: Result<(), StoreError>) {
     let tx = match w {
-        Write::Commit(_, tx) | Write::Merchant(_, tx) | Write::Probe(tx) => tx,
+        Write::Commit(prepared, tx) => {
+            drop(prepared); // Before the reply, so that the caller's drop is the last.
+            tx
+        }
+        Write::Merchant(_, tx) | Write::Probe(tx) => tx,
     };
     let _ = tx.send(result); // The caller may have given up waiting; the write stands.
 }
@@ -340,12 +412,12 @@ fn write_batch(
 /// writes it. Returns `Ok(Err(_))` for a refused commit, which has written nothing.
 fn apply_commit(
     t: &mut Tables<'_>,
-    c: &Commit,
+    prepared: &Prepared,
     batch: &mut BatchState,
 ) -> Result<Result<(), StoreError>, StoreError> {
+    let c = &prepared.commit;
     let p = &c.payment;
     let events = c.events.len() as u64;
-    assert!(events >= 1, "a commit records at least one event");
     let expected = p
         .version
         .checked_sub(events)
@@ -385,30 +457,22 @@ fn apply_commit(
             return Ok(Err(StoreError::IdempotencyKeyTaken { key: w.key.clone() }));
         }
     }
-    let mut new_balances = Vec::new();
+    let mut new_balances: Vec<(&str, &'static str, i64)> = Vec::new();
     if let Some(entry) = &c.entry {
-        // Assert before writing; the entry is asserted again when read back.
-        assert!(
-            entry.check_balanced().is_ok(),
-            "unbalanced entry {}",
-            entry.id
-        );
         if t.entries.get(entry.id.as_str()).map_err(io)?.is_some() {
             return Ok(Err(StoreError::EntryAlreadyPosted(entry.id.clone())));
         }
-        for posting in &entry.postings {
-            let account = posting.account.to_string();
-            let currency = posting.currency.code();
+        for (account, currency, amount) in &prepared.postings {
             // An entry may name an account twice; build on this entry's own earlier postings.
             let old = match new_balances
                 .iter()
                 .rev()
-                .find(|(a, c, _)| *a == account && *c == currency)
+                .find(|(a, c, _)| a == account && c == currency)
             {
                 Some((_, _, b)) => *b,
-                None => batch.balance(t, &account, currency)?,
+                None => batch.balance(t, account, currency)?,
             };
-            let Some(new) = old.checked_add(posting.amount_minor) else {
+            let Some(new) = old.checked_add(*amount) else {
                 return Ok(Err(StoreError::Ledger(format!(
                     "{account} {currency} overflows"
                 ))));
@@ -420,7 +484,7 @@ fn apply_commit(
     // Validated: from here on only storage errors can stop the write, and they abort the batch.
     let id = p.id.as_str();
     t.payments
-        .insert(id, encode_payment(p).as_slice())
+        .insert(id, prepared.payment_row.as_slice())
         .map_err(io)?;
     if previous.is_none() {
         t.merchant_payments
@@ -428,15 +492,14 @@ fn apply_commit(
             .map_err(io)?;
     }
     let first_seq = expected + 1;
-    let event_rows: Vec<EventRow> = c.events.iter().map(|e| EventRow::new(e, c.at_ms)).collect();
     t.events
-        .insert((id, first_seq), rows::encode(&event_rows).as_slice())
+        .insert((id, first_seq), prepared.events_row.as_slice())
         .map_err(io)?;
     batch.outbox_seq += 1;
     t.outbox
         .insert(batch.outbox_seq, (id, first_seq))
         .map_err(io)?;
-    if let Some(entry) = &c.entry {
+    if let (Some(entry), Some(row)) = (&c.entry, &prepared.entry_row) {
         let _posting = tracing::info_span!(
             parent: &c.span,
             "ledger.post",
@@ -445,30 +508,26 @@ fn apply_commit(
         )
         .entered();
         t.entries
-            .insert(
-                entry.id.as_str(),
-                rows::encode(&EntryRow::new(entry, c.at_ms)).as_slice(),
-            )
+            .insert(entry.id.as_str(), row.as_slice())
             .map_err(io)?;
         for (account, currency, balance) in new_balances {
-            batch.balances.insert((account, currency), balance);
+            batch
+                .balances
+                .insert((account.to_string(), currency), balance);
         }
     }
     if let Some(w) = &c.idempotency {
         let (merchant, key) = (w.merchant_id.as_str(), w.key.as_str());
-        if !claimed {
+        if !claimed && let Some(claim) = &prepared.claim_row {
             t.idempotency
-                .insert(
-                    (merchant, key),
-                    rows::encode(&IdempotencyRow::claim(&w.record)).as_slice(),
-                )
+                .insert((merchant, key), claim.as_slice())
                 .map_err(io)?;
         }
-        if let Some(response) = &w.record.response {
+        if let Some(response) = &prepared.response_row {
             t.idempotency_responses
                 .insert(
                     (w.record.resource_id.as_str(), merchant, key),
-                    rows::encode(&(response.status, &response.body)).as_slice(),
+                    response.as_slice(),
                 )
                 .map_err(io)?;
         }
@@ -569,7 +628,8 @@ const ID_MAX: &str = "~";
 #[async_trait]
 impl Store for RedbStore {
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        self.send(|reply| Write::Commit(Box::new(commit), reply))
+        let prepared = Arc::new(Prepared::new(commit));
+        self.send(|reply| Write::Commit(prepared.clone(), reply))
             .await
     }
 
