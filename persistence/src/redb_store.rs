@@ -188,6 +188,10 @@ struct Prepared {
     postings: Vec<(String, &'static str, i64)>,
     claim_row: Option<Vec<u8>>,
     response_row: Option<Vec<u8>>,
+    /// The ledger posting's span, a child of the commit's: opened here and closed when the
+    /// caller drops this, so it lasts until the posting is durable, and costs the writer
+    /// nothing.
+    _posting: Option<tracing::Span>,
 }
 
 impl Prepared {
@@ -201,7 +205,7 @@ impl Prepared {
             .iter()
             .map(|e| EventRow::new(e, commit.at_ms))
             .collect();
-        let (entry_row, postings) = match &commit.entry {
+        let (entry_row, postings, posting) = match &commit.entry {
             Some(entry) => {
                 // Asserted before it is written; asserted again when read back.
                 assert!(
@@ -214,12 +218,19 @@ impl Prepared {
                     .iter()
                     .map(|p| (p.account.to_string(), p.currency.code(), p.amount_minor))
                     .collect();
+                let span = tracing::info_span!(
+                    parent: &commit.span,
+                    "ledger.post",
+                    entry_id = %entry.id,
+                    postings = entry.postings.len(),
+                );
                 (
                     Some(rows::encode(&EntryRow::new(entry, commit.at_ms))),
                     postings,
+                    Some(span),
                 )
             }
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), None),
         };
         let (claim_row, response_row) = match &commit.idempotency {
             Some(w) => (
@@ -238,6 +249,7 @@ impl Prepared {
             postings,
             claim_row,
             response_row,
+            _posting: posting,
             commit,
         }
     }
@@ -500,13 +512,6 @@ fn apply_commit(
         .insert(batch.outbox_seq, (id, first_seq))
         .map_err(io)?;
     if let (Some(entry), Some(row)) = (&c.entry, &prepared.entry_row) {
-        let _posting = tracing::info_span!(
-            parent: &c.span,
-            "ledger.post",
-            entry_id = %entry.id,
-            postings = entry.postings.len(),
-        )
-        .entered();
         t.entries
             .insert(entry.id.as_str(), row.as_slice())
             .map_err(io)?;
