@@ -489,6 +489,8 @@ async fn an_outcome_that_stays_unknown_is_escalated_not_retried() {
 async fn an_automatic_capture_the_psp_cannot_take_yet_is_finished_later() {
     // The PSP authorizes, then refuses everything for a while: the capture soft-fails past its
     // retries, and must be finished by the sweeper once the PSP is back, not left authorized.
+    // The PSP's clock starts now, and the outage is timed from it.
+    let born = Instant::now();
     let psp = Arc::new(SimPsp::new(SimConfig {
         latency: Latency::Fixed(Duration::from_millis(30)),
         incidents: vec![Incident {
@@ -503,6 +505,9 @@ async fn an_automatic_capture_the_psp_cannot_take_yet_is_finished_later() {
         |b| {
             b.config.retry_backoff_max = Duration::from_millis(10);
             b.config.sweep_interval = Duration::from_millis(100);
+            // The sweeper settles the parked capture by status queries first (never a blind
+            // resend); at the default 1 s backoff, doubling, they could outlast the deadline.
+            b.config.status_query_backoff = Duration::from_millis(50);
             // The breaker opens on the first refused capture and stays open past the outage,
             // so the sweeper's resend meets it too: parked again, not failed.
             b.config.breaker = BreakerConfig {
@@ -516,9 +521,9 @@ async fn an_automatic_capture_the_psp_cannot_take_yet_is_finished_later() {
     )
     .await;
     let key = s.merchant("shop").await;
-    // Authorize lands before the outage (t ≈ 30 ms); start the payment at ≈ 170 ms so the
-    // capture (t ≈ 200 ms) meets it.
-    tokio::time::sleep(Duration::from_millis(170)).await;
+    // Authorize lands before the outage (t ≈ 30 ms after the payment starts at 170 ms, on the
+    // PSP's clock, however long the server took to start); the capture (t ≈ 200 ms) meets it.
+    tokio::time::sleep_until((born + Duration::from_millis(170)).into()).await;
     let p: Value = s
         .post(&key, "/v1/payments", "parked", payment("pm_sim_approve"))
         .await
