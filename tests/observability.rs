@@ -223,6 +223,11 @@ async fn one_payment_is_one_trace_from_the_api_through_the_psp_to_the_ledger() {
     }
     let posting = named("ledger.post");
     assert_eq!(parent_of(posting[0]), "store.commit");
+    assert_eq!(
+        attribute(posting[0], "posted").as_deref(),
+        Some("true"),
+        "the posting's span closes once it is durable"
+    );
     assert!(
         trace
             .iter()

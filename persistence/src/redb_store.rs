@@ -189,9 +189,9 @@ struct Prepared {
     claim_row: Option<Vec<u8>>,
     response_row: Option<Vec<u8>>,
     /// The ledger posting's span, a child of the commit's: opened here and closed when the
-    /// caller drops this, so it lasts until the posting is durable, and costs the writer
-    /// nothing.
-    _posting: Option<tracing::Span>,
+    /// caller drops this, so it lasts until the posting is durable (or refused, which its
+    /// `posted` field tells), and costs the writer nothing.
+    posting: Option<tracing::Span>,
 }
 
 impl Prepared {
@@ -223,6 +223,7 @@ impl Prepared {
                     "ledger.post",
                     entry_id = %entry.id,
                     postings = entry.postings.len(),
+                    posted = tracing::field::Empty,
                 );
                 (
                     Some(rows::encode(&EntryRow::new(entry, commit.at_ms))),
@@ -249,7 +250,7 @@ impl Prepared {
             postings,
             claim_row,
             response_row,
-            _posting: posting,
+            posting,
             commit,
         }
     }
@@ -634,8 +635,13 @@ const ID_MAX: &str = "~";
 impl Store for RedbStore {
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let prepared = Arc::new(Prepared::new(commit));
-        self.send(|reply| Write::Commit(prepared.clone(), reply))
-            .await
+        let result = self
+            .send(|reply| Write::Commit(prepared.clone(), reply))
+            .await;
+        if let Some(span) = &prepared.posting {
+            span.record("posted", result.is_ok());
+        }
+        result
     }
 
     async fn create_merchant(&self, merchant: Merchant) -> Result<(), StoreError> {
