@@ -500,9 +500,7 @@ async fn psp_sim(listen: SocketAddr, config: Option<PathBuf>) -> anyhow::Result<
     ));
     let mut secrets = vec![secret.into_bytes()];
     secrets.extend(file.previous_secret.map(String::into_bytes));
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener = server::listen(listen).with_context(|| format!("binding {listen}"))?;
     println!(
         "psp-sim listening: http://{} (psp {})",
         listener.local_addr()?,

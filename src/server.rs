@@ -95,8 +95,9 @@ pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
 /// (1 s, then 3 s, 7 s…) before its request even started.
 const LISTEN_BACKLOG: u32 = 4_096;
 
-/// Binds a listener (with `SO_REUSEADDR`, as std does) and a backlog of `LISTEN_BACKLOG`.
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds a listener (with `SO_REUSEADDR`, as std does) and a backlog of `LISTEN_BACKLOG`:
+/// the merchant API, the ops listener and `rialto psp-sim`.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
