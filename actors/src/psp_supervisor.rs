@@ -537,11 +537,8 @@ mod tests {
         }
     }
 
-    /// Old latency figures expire with the breaker window: a PSP that stopped getting traffic
-    /// after a slow spell does not stay "slow" (and shunned by routing) forever.
-    #[test]
-    fn latency_figures_expire_with_the_window() {
-        let clock = Arc::new(ManualClock(AtomicI64::new(0)));
+    /// A PSP's health with default breaker settings, on a clock the test moves.
+    fn health_on(clock: &Arc<ManualClock>) -> PspHealth {
         let limits = PspLimits {
             breaker: BreakerConfig::default(),
             inflight_max: 4,
@@ -549,7 +546,15 @@ mod tests {
             crash_max: 5,
             crash_window: Duration::from_secs(60),
         };
-        let health = PspHealth::new("psp", limits, clock.clone());
+        PspHealth::new("psp", limits, clock.clone())
+    }
+
+    /// Old latency figures expire with the breaker window: a PSP that stopped getting traffic
+    /// after a slow spell does not stay "slow" (and shunned by routing) forever.
+    #[test]
+    fn latency_figures_expire_with_the_window() {
+        let clock = Arc::new(ManualClock(AtomicI64::new(0)));
+        let health = health_on(&clock);
         for _ in 0..30 {
             health.observe(Duration::from_secs(12), false);
         }
@@ -565,14 +570,7 @@ mod tests {
     #[test]
     fn the_latency_summary_is_recomputed_when_due() {
         let clock = Arc::new(ManualClock(AtomicI64::new(1_000)));
-        let limits = PspLimits {
-            breaker: BreakerConfig::default(),
-            inflight_max: 4,
-            queue_max: 4,
-            crash_max: 5,
-            crash_window: Duration::from_secs(60),
-        };
-        let health = PspHealth::new("psp", limits, clock.clone());
+        let health = health_on(&clock);
         for _ in 0..20 {
             health.observe(Duration::from_millis(10), false);
         }
