@@ -257,20 +257,21 @@ impl Prepared {
 }
 
 /// What one batch accumulates before it is written: balances are summed across the batch's
-/// commits and each touched balance is written once, however many captures hit it.
-struct BatchState {
+/// commits and each touched balance is written once, however many captures hit it. Accounts
+/// are borrowed from the batch's prepared commits.
+struct BatchState<'b> {
     outbox_seq: u64,
-    balances: HashMap<(String, &'static str), i64>,
+    balances: HashMap<(&'b str, &'static str), i64>,
 }
 
-impl BatchState {
+impl BatchState<'_> {
     fn balance(
-        &mut self,
+        &self,
         t: &Tables<'_>,
         account: &str,
         currency: &'static str,
     ) -> Result<i64, StoreError> {
-        if let Some(b) = self.balances.get(&(account.to_string(), currency)) {
+        if let Some(b) = self.balances.get(&(account, currency)) {
             return Ok(*b);
         }
         Ok(t.balances
@@ -410,7 +411,7 @@ fn write_batch(
         }
         for ((account, currency), balance) in &state.balances {
             t.balances
-                .insert((account.as_str(), *currency), *balance)
+                .insert((*account, *currency), *balance)
                 .map_err(io)?;
         }
         t.meta.insert(OUTBOX_SEQ, state.outbox_seq).map_err(io)?;
@@ -423,10 +424,10 @@ fn write_batch(
 
 /// Validates one commit against what is stored (and earlier commits of this batch), then
 /// writes it. Returns `Ok(Err(_))` for a refused commit, which has written nothing.
-fn apply_commit(
+fn apply_commit<'b>(
     t: &mut Tables<'_>,
-    prepared: &Prepared,
-    batch: &mut BatchState,
+    prepared: &'b Prepared,
+    batch: &mut BatchState<'b>,
 ) -> Result<Result<(), StoreError>, StoreError> {
     let c = &prepared.commit;
     let p = &c.payment;
@@ -470,7 +471,7 @@ fn apply_commit(
             return Ok(Err(StoreError::IdempotencyKeyTaken { key: w.key.clone() }));
         }
     }
-    let mut new_balances: Vec<(&str, &'static str, i64)> = Vec::new();
+    let mut new_balances: Vec<(&'b str, &'static str, i64)> = Vec::new();
     if let Some(entry) = &c.entry {
         if t.entries.get(entry.id.as_str()).map_err(io)?.is_some() {
             return Ok(Err(StoreError::EntryAlreadyPosted(entry.id.clone())));
@@ -517,9 +518,7 @@ fn apply_commit(
             .insert(entry.id.as_str(), row.as_slice())
             .map_err(io)?;
         for (account, currency, balance) in new_balances {
-            batch
-                .balances
-                .insert((account.to_string(), currency), balance);
+            batch.balances.insert((account, currency), balance);
         }
     }
     if let Some(w) = &c.idempotency {
