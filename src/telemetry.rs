@@ -25,7 +25,8 @@ use serde_json::{Map, Value};
 use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
-use tracing::{Dispatch, Event, Subscriber};
+use tracing::subscriber::Interest;
+use tracing::{Dispatch, Event, Metadata, Subscriber};
 use tracing_opentelemetry::get_otel_context;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -134,6 +135,7 @@ where
                     .with_context_activation(false)
             }))
             .with(provider.is_none().then_some(IdsLayer))
+            .with(provider.is_none().then_some(WithoutTraceOnlySpans))
             .with(CorrelationLayer)
             .with(logs),
     );
@@ -141,6 +143,34 @@ where
     // formatter keeps its own (weak) handle to read spans' OpenTelemetry ids.
     let _ = handle.set(dispatch.downgrade());
     dispatch
+}
+
+/// Spans only a trace backend reads: the steps inside a payment. Without an exporter they
+/// are not created at all (each would cost as much as the work it describes, in a commit of
+/// a few microseconds), and a log line inside one belongs to the payment actor's span.
+const TRACE_ONLY_SPANS: [&str; 3] = ["store.commit", "ledger.post", "psp.call"];
+
+/// Turns the [`TRACE_ONLY_SPANS`] off, once per call site.
+struct WithoutTraceOnlySpans;
+
+impl WithoutTraceOnlySpans {
+    fn skips(meta: &Metadata<'_>) -> bool {
+        meta.is_span() && TRACE_ONLY_SPANS.contains(&meta.name())
+    }
+}
+
+impl<S: Subscriber> Layer<S> for WithoutTraceOnlySpans {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        if Self::skips(meta) {
+            Interest::never()
+        } else {
+            Interest::always()
+        }
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>, _: Context<'_, S>) -> bool {
+        !Self::skips(meta)
+    }
 }
 
 /// A writer whose every line passes through [`redact`]: the fmt layer hands over each
@@ -379,6 +409,34 @@ mod tests {
             // One trace, a span each.
             assert_eq!(request["trace_id"], trace_id, "{provider:?}");
             assert_ne!(request["span_id"], span_id, "{provider:?}");
+        }
+    }
+
+    /// Without an exporter the steps inside a payment get no spans of their own; with one,
+    /// they do.
+    #[test]
+    fn trace_only_spans_exist_only_when_traces_are_exported() {
+        for provider in providers() {
+            let exported = provider.is_some();
+            let lines = capture(LogFormat::Json, provider.as_ref(), || {
+                let actor = tracing::info_span!("payment.actor");
+                let _actor = actor.enter();
+                for name in TRACE_ONLY_SPANS {
+                    let span = match name {
+                        "store.commit" => tracing::info_span!("store.commit"),
+                        "ledger.post" => tracing::info_span!("ledger.post"),
+                        _ => tracing::info_span!("psp.call"),
+                    };
+                    assert_eq!(span.is_disabled(), !exported, "{name}");
+                    let _span = span.enter();
+                    tracing::info!("inside");
+                }
+            });
+            for (line, name) in lines.iter().zip(TRACE_ONLY_SPANS) {
+                let line: Value = serde_json::from_str(line).unwrap();
+                let innermost = if exported { name } else { "payment.actor" };
+                assert_eq!(line["span"], innermost);
+            }
         }
     }
 

@@ -69,23 +69,26 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
         })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_payment_is_one_trace_from_the_api_through_the_psp_to_the_ledger() {
+/// Export each span within a fifth of a second instead of five seconds.
+const FAST_EXPORT: [(&str, &str); 1] = [("OTEL_BSP_SCHEDULE_DELAY", "200")];
+
+/// A collector on loopback, listening before any process starts so that no export finds
+/// the port closed; returns it and its endpoint.
+async fn collector() -> (Receiver, String) {
     let receiver = Receiver::default();
-    // Listening before either process starts, so no export finds the port closed.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let otlp = listener.local_addr().unwrap();
     let server = tonic::transport::Server::builder()
         .add_service(TraceServiceServer::new(receiver.clone()))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     tokio::spawn(server);
-    let endpoint = format!("http://{otlp}");
-    // Export each span within a fifth of a second instead of five seconds.
-    let envs = [("OTEL_BSP_SCHEDULE_DELAY", "200")];
+    (receiver, format!("http://{otlp}"))
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let psp_config = common::write(dir.path(), "psp.toml", common::PSP_SIM_TOML);
-    let (_psp, psp_urls) = common::spawn_with(
+/// `rialto psp-sim`, exporting its spans to `endpoint`; returns it and its URL.
+async fn exporting_psp(dir: &std::path::Path, endpoint: &str) -> (tokio::process::Child, String) {
+    let psp_config = common::write(dir, "psp.toml", common::PSP_SIM_TOML);
+    let (psp, urls) = common::spawn_with(
         &[
             "psp-sim",
             "--listen",
@@ -93,21 +96,30 @@ async fn one_payment_is_one_trace_from_the_api_through_the_psp_to_the_ledger() {
             "--config",
             &psp_config,
             "--otlp-endpoint",
-            &endpoint,
+            endpoint,
         ],
-        &envs,
+        &FAST_EXPORT,
         "psp-sim listening",
         Stdio::null(),
     )
     .await;
+    (psp, urls[0].clone())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_payment_is_one_trace_from_the_api_through_the_psp_to_the_ledger() {
+    let (receiver, endpoint) = collector().await;
+    let envs = FAST_EXPORT;
+    let dir = tempfile::tempdir().unwrap();
+    let (_psp, psp_url) = exporting_psp(dir.path(), &endpoint).await;
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     let key = common::merchant(data, "traced");
-    let serve_config = common::write(
-        dir.path(),
-        "rialto.toml",
-        &common::http_psp_toml(&psp_urls[0]),
-    );
+    let serve_config = common::write(dir.path(), "rialto.toml", &common::http_psp_toml(&psp_url));
     let (_serve, urls) = common::serve(
         data,
         &["--config", &serve_config, "--otlp-endpoint", &endpoint],
@@ -134,7 +146,6 @@ async fn one_payment_is_one_trace_from_the_api_through_the_psp_to_the_ledger() {
     let payment_id = payment["id"].as_str().unwrap().to_string();
 
     // Wait for the whole chain: both PSP operations seen from both sides, and the posting.
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let trace = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -232,6 +243,63 @@ async fn one_payment_is_one_trace_from_the_api_through_the_psp_to_the_ledger() {
         trace
             .iter()
             .all(|(service, s)| s.name == "psp_sim.operation" || service == "rialto")
+    );
+}
+
+/// Rialto without an exporter records no spans, yet it still passes the merchant's trace
+/// on: the PSP (which does export) sees the caller's trace id, sampled, with a span of
+/// Rialto's as the parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_export_rialto_still_passes_the_callers_trace_to_the_psp() {
+    let (receiver, endpoint) = collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_psp, psp_url) = exporting_psp(dir.path(), &endpoint).await;
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let key = common::merchant(data, "traced");
+    let serve_config = common::write(dir.path(), "rialto.toml", &common::http_psp_toml(&psp_url));
+    let (_serve, urls) =
+        common::serve(data, &["--config", &serve_config], &[], Stdio::null()).await;
+
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let caller_span = "b7ad6b7169203331";
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/payments", urls[0]))
+        .bearer_auth(&key)
+        .header("Idempotency-Key", "traced-quietly-1")
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .json(&json!({ "amount": 1250, "currency": "EUR", "payment_method": "pm_sim_approve" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    let operations = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let spans = receiver.0.lock().unwrap().clone();
+            let ops: Vec<Span> = spans
+                .into_iter()
+                .filter(|(_, s)| s.name == "psp_sim.operation" && hex(&s.trace_id) == trace_id)
+                .map(|(_, s)| s)
+                .collect();
+            if ops.len() >= 2 {
+                return ops;
+            }
+        }
+    })
+    .await
+    .expect("the PSP's spans (authorize, capture) never arrived in the caller's trace");
+    for op in &operations {
+        let parent = hex(&op.parent_span_id);
+        assert_eq!(parent.len(), 16, "{parent}");
+        assert_ne!(parent, "0".repeat(16), "the PSP's span has a parent");
+        assert_ne!(parent, caller_span, "Rialto's own span is the PSP's parent");
+    }
+    let spans = receiver.0.lock().unwrap().clone();
+    assert!(
+        spans.iter().all(|(service, _)| service == "rialto-psp-sim"),
+        "Rialto exported nothing"
     );
 }
 

@@ -359,19 +359,22 @@ impl Actor for PspSupervisor {
                 call,
                 req,
                 reply,
-                span,
+                span: caller,
             } => {
                 let adapter = state.adapter.clone();
                 let health = state.health.clone();
                 let timeout = state.call_timeout;
                 let span = tracing::info_span!(
-                    parent: &span,
+                    parent: &caller,
                     "psp.call",
                     otel.kind = "client",
                     psp = %health.id,
                     call = ?call,
                     outcome = tracing::field::Empty,
                 );
+                // Without its own span (traces not exported), the call still runs in the
+                // payment's, whose ids the PSP is sent.
+                let span = if span.is_disabled() { caller } else { span };
                 tokio::spawn(
                     async move {
                         let answer = run_call(adapter, &health, timeout, call, req, &myself).await;
