@@ -142,10 +142,27 @@ fn writable(state: &AppState) -> Result<(), Problem> {
     }
 }
 
+/// Where a request finds out whether its Idempotency-Key was used before.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyCheck {
+    /// Look the key up before running. Needed by a command on an existing payment: an
+    /// earlier request with the key may have moved the payment on, so that running again
+    /// would be refused for the payment's state (or, were the command to rest in one commit,
+    /// done twice) rather than replayed.
+    First,
+    /// Run, and look the key up only if the command fails before its first commit. A new
+    /// payment has a new id, so the store refuses its claim on a key already used
+    /// (`IdempotencyKeyInUse`) before anything is done; the lookup is saved for the
+    /// common case of a new key.
+    OnRefusal,
+}
+
 /// Runs a mutating request at most once per (merchant, Idempotency-Key).
+#[allow(clippy::too_many_arguments)]
 async fn idempotent<F, Fut>(
     state: &AppState,
     merchant_id: &str,
+    check: KeyCheck,
     headers: HeaderMap,
     request_line: &str,
     canonical_body: serde_json::Value,
@@ -193,42 +210,14 @@ where
     }
     let _in_progress = InProgress { state, slot };
 
-    let existing = state
-        .store
-        .idempotency(merchant_id, &key)
-        .await
-        .map_err(|_| Problem::unavailable("storage is unavailable", 1))?;
-    if let Some(record) = existing {
-        if record.fingerprint != fingerprint {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "Idempotency key reused",
-                "this Idempotency-Key was used with a different request",
-            ));
+    if check == KeyCheck::First {
+        if let Some(answer) =
+            earlier_answer(state, merchant_id, &key, &fingerprint, &render).await?
+        {
+            return Ok(answer);
         }
-        metrics::counter!("idempotency_cache_hits_total").increment(1);
-        if let Some(stored) = record.response {
-            return Ok(send(stored, true));
-        }
-        // The first attempt was interrupted before it answered; answer from the payment once
-        // it rests again.
-        let payment = state
-            .store
-            .payment(&record.resource_id)
-            .await
-            .map_err(|_| Problem::unavailable("storage is unavailable", 1))?;
-        return match payment {
-            Some(p) if !matches!(p.effects().first(), Some(Effect::Call(_))) => {
-                Ok(send(render(&p), true))
-            }
-            _ => Err(Problem::conflict(
-                "idempotency_key_in_use",
-                "the original request is still being processed; retry shortly",
-            )),
-        };
+        metrics::counter!("idempotency_cache_misses_total").increment(1);
     }
-    metrics::counter!("idempotency_cache_misses_total").increment(1);
     let spec = IdempotencySpec {
         merchant_id: merchant_id.to_string(),
         key,
@@ -238,11 +227,80 @@ where
         rendered: Arc::default(),
     };
     let rendered = spec.rendered.clone();
-    let payment = run(spec).await?;
+    let key = spec.key.clone();
+    let payment = match run(spec).await {
+        Ok(payment) => payment,
+        // Failures before the first commit, where the key may have been used before.
+        Err(
+            error @ (CommandError::IdempotencyKeyInUse
+            | CommandError::NoPspAvailable
+            | CommandError::Overloaded
+            | CommandError::Rejected(_)),
+        ) if check == KeyCheck::OnRefusal => {
+            return match earlier_answer(state, merchant_id, &key, &fingerprint, &render).await? {
+                Some(answer) => Ok(answer),
+                None => {
+                    metrics::counter!("idempotency_cache_misses_total").increment(1);
+                    Err(error.into())
+                }
+            };
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if check == KeyCheck::OnRefusal {
+        metrics::counter!("idempotency_cache_misses_total").increment(1);
+    }
     // The response committed for replay when the payment came to rest; a request that
     // returns before that (a parked capture) renders what it has.
     let committed = rendered.lock().unwrap_or_else(|e| e.into_inner()).take();
     Ok(send(committed.unwrap_or_else(|| render(&payment)), false))
+}
+
+/// The answer owed to a request whose key was used before, if it was: the stored response
+/// replayed, 422 for another request under the key, or 409 while the first one still runs.
+async fn earlier_answer(
+    state: &AppState,
+    merchant_id: &str,
+    key: &str,
+    fingerprint: &[u8; 32],
+    render: &Renderer,
+) -> Result<Option<Response>, Problem> {
+    let existing = state
+        .store
+        .idempotency(merchant_id, key)
+        .await
+        .map_err(|_| Problem::unavailable("storage is unavailable", 1))?;
+    let Some(record) = existing else {
+        return Ok(None);
+    };
+    if record.fingerprint != *fingerprint {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "Idempotency key reused",
+            "this Idempotency-Key was used with a different request",
+        ));
+    }
+    metrics::counter!("idempotency_cache_hits_total").increment(1);
+    if let Some(stored) = record.response {
+        return Ok(Some(send(stored, true)));
+    }
+    // The first attempt was interrupted before it answered; answer from the payment once
+    // it rests again.
+    let payment = state
+        .store
+        .payment(&record.resource_id)
+        .await
+        .map_err(|_| Problem::unavailable("storage is unavailable", 1))?;
+    match payment {
+        Some(p) if !matches!(p.effects().first(), Some(Effect::Call(_))) => {
+            Ok(Some(send(render(&p), true)))
+        }
+        _ => Err(Problem::conflict(
+            "idempotency_key_in_use",
+            "the original request is still being processed; retry shortly",
+        )),
+    }
 }
 
 #[utoipa::path(
@@ -289,6 +347,7 @@ pub async fn create_payment(
     idempotent(
         &state,
         &merchant.id,
+        KeyCheck::OnRefusal,
         headers,
         "POST /v1/payments",
         canonical,
@@ -324,6 +383,7 @@ pub async fn capture_payment(
     idempotent(
         &state,
         &merchant.id,
+        KeyCheck::First,
         headers,
         &line,
         canonical,
@@ -361,6 +421,7 @@ pub async fn cancel_payment(
     idempotent(
         &state,
         &merchant.id,
+        KeyCheck::First,
         headers,
         &line,
         canonical,
@@ -402,6 +463,7 @@ pub async fn refund_payment(
     idempotent(
         &state,
         &merchant.id,
+        KeyCheck::First,
         headers,
         &line,
         canonical,

@@ -256,6 +256,12 @@ async fn idempotency_replays_refuses_other_bodies_and_concurrent_duplicates() {
         )
         .await;
     problem(other, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let list: Value = s.get(&key, "/v1/payments").await.json().await.unwrap();
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        1,
+        "the refused request left nothing behind"
+    );
 
     // Another merchant's identical key is its own.
     let key_b = s.merchant("other").await;
