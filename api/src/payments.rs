@@ -157,15 +157,24 @@ enum KeyCheck {
     OnRefusal,
 }
 
+/// What identifies a request under its Idempotency-Key: SHA-256 of its request line and its
+/// canonical JSON body (serde_json's map is ordered, so equal bodies give equal fingerprints).
+/// Takes the body, so that only its fingerprint outlives this point.
+fn fingerprint(request_line: &str, canonical_body: serde_json::Value) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(request_line.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(canonical_body.to_string().as_bytes());
+    hasher.finalize().into()
+}
+
 /// Runs a mutating request at most once per (merchant, Idempotency-Key).
-#[allow(clippy::too_many_arguments)]
 async fn idempotent<F, Fut>(
     state: &AppState,
     merchant_id: &str,
     check: KeyCheck,
     headers: HeaderMap,
-    request_line: &str,
-    canonical_body: serde_json::Value,
+    fingerprint: [u8; 32],
     render: Renderer,
     run: F,
 ) -> Result<Response, Problem>
@@ -193,13 +202,6 @@ where
     // The header map shares the connection's read buffer (8 KiB); holding it while the
     // payment runs would make the connection allocate another for the same wait.
     drop(headers);
-    let mut hasher = Sha256::new();
-    hasher.update(request_line.as_bytes());
-    hasher.update(b"\n");
-    // serde_json's map is ordered, so equal JSON bodies give equal fingerprints.
-    hasher.update(canonical_body.to_string().as_bytes());
-    drop(canonical_body); // Only its fingerprint outlives this point.
-    let fingerprint: [u8; 32] = hasher.finalize().into();
 
     let slot = (merchant_id.to_string(), key.clone());
     if state.keys_in_progress.insert(slot.clone(), ()).is_some() {
@@ -349,8 +351,7 @@ pub async fn create_payment(
         &merchant.id,
         KeyCheck::OnRefusal,
         headers,
-        "POST /v1/payments",
-        canonical,
+        fingerprint("POST /v1/payments", canonical),
         render,
         |spec| state.engine.create_payment(create, Some(spec)),
     )
@@ -385,8 +386,7 @@ pub async fn capture_payment(
         &merchant.id,
         KeyCheck::First,
         headers,
-        &line,
-        canonical,
+        fingerprint(&line, canonical),
         render,
         |spec| {
             state
@@ -423,8 +423,7 @@ pub async fn cancel_payment(
         &merchant.id,
         KeyCheck::First,
         headers,
-        &line,
-        canonical,
+        fingerprint(&line, canonical),
         render,
         |spec| state.engine.cancel(&merchant.id, id, Some(spec)),
     )
@@ -465,8 +464,7 @@ pub async fn refund_payment(
         &merchant.id,
         KeyCheck::First,
         headers,
-        &line,
-        canonical,
+        fingerprint(&line, canonical),
         render,
         |spec| {
             state
