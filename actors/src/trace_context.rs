@@ -14,8 +14,8 @@
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use reqwest::header::HeaderMap;
+use tracing::Subscriber;
 use tracing::span::{Attributes, Id};
-use tracing::{Dispatch, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Registry;
 use tracing_subscriber::layer::{Context, Layer};
@@ -103,13 +103,6 @@ where
             .unwrap_or_else(TraceIds::root);
         span.extensions_mut().insert(ids);
     }
-}
-
-/// The [`TraceIds`] of span `id`, if [`IdsLayer`] gave it some.
-pub fn trace_ids(dispatch: &Dispatch, id: &Id) -> Option<TraceIds> {
-    let registry = dispatch.downcast_ref::<Registry>()?;
-    let span = registry.span(id)?;
-    span.extensions().get::<TraceIds>().cloned()
 }
 
 /// Runs `f` on the [`TraceIds`] of `span`; false when it has none (spans are recorded by

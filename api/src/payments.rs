@@ -210,15 +210,13 @@ where
             "a request with this Idempotency-Key is still in progress",
         ));
     }
-    let _in_progress = InProgress { state, slot };
+    let in_progress = InProgress { state, slot };
 
-    if check == KeyCheck::First {
-        if let Some(answer) =
+    if check == KeyCheck::First
+        && let Some(answer) =
             earlier_answer(state, merchant_id, &key, &fingerprint, &render).await?
-        {
-            return Ok(answer);
-        }
-        metrics::counter!("idempotency_cache_misses_total").increment(1);
+    {
+        return Ok(answer);
     }
     let spec = IdempotencySpec {
         merchant_id: merchant_id.to_string(),
@@ -229,7 +227,7 @@ where
         rendered: Arc::default(),
     };
     let rendered = spec.rendered.clone();
-    let key = spec.key.clone();
+    let key = &in_progress.slot.1;
     let payment = match run(spec).await {
         Ok(payment) => payment,
         // Failures before the first commit, where the key may have been used before.
@@ -239,18 +237,15 @@ where
             | CommandError::Overloaded
             | CommandError::Rejected(_)),
         ) if check == KeyCheck::OnRefusal => {
-            return match earlier_answer(state, merchant_id, &key, &fingerprint, &render).await? {
+            return match earlier_answer(state, merchant_id, key, &fingerprint, &render).await? {
                 Some(answer) => Ok(answer),
-                None => {
-                    metrics::counter!("idempotency_cache_misses_total").increment(1);
-                    Err(error.into())
-                }
+                None => Err(error.into()),
             };
         }
         Err(error) => return Err(error.into()),
     };
     if check == KeyCheck::OnRefusal {
-        metrics::counter!("idempotency_cache_misses_total").increment(1);
+        metrics::counter!("idempotency_cache_misses_total").increment(1); // Not looked up.
     }
     // The response committed for replay when the payment came to rest; a request that
     // returns before that (a parked capture) renders what it has.
@@ -273,6 +268,7 @@ async fn earlier_answer(
         .await
         .map_err(|_| Problem::unavailable("storage is unavailable", 1))?;
     let Some(record) = existing else {
+        metrics::counter!("idempotency_cache_misses_total").increment(1);
         return Ok(None);
     };
     if record.fingerprint != *fingerprint {
