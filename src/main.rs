@@ -389,6 +389,7 @@ async fn simulate(
                 .unwrap_or(e.status_query_attempts_max);
             e.sweep_interval_ms = o.sweep_interval_ms.unwrap_or(e.sweep_interval_ms);
             e.psp_inflight_max = o.psp_inflight_max.unwrap_or(e.psp_inflight_max);
+            e.breaker.slow_call_ms = o.slow_call_ms.unwrap_or(e.breaker.slow_call_ms);
             let running = server::start(&config, options.scale).await?;
             // The load generator's merchant is not rate limited: the load is the point.
             let unlimited = rialto_api::auth::RateLimit {

@@ -103,6 +103,9 @@ pub struct EngineOverrides {
     pub status_query_attempts_max: Option<u32>,
     pub sweep_interval_ms: Option<u64>,
     pub psp_inflight_max: Option<usize>,
+    /// The breakers' slow-call threshold: a scenario whose PSP is slow on purpose sets it
+    /// well above that PSP's latency, so that a stalled machine does not trip it.
+    pub slow_call_ms: Option<u64>,
 }
 
 /// The scenarios shipped with Rialto.
