@@ -110,38 +110,63 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_payment_is_one_trace_from_the_api_through_the_psp_to_the_ledger() {
-    let (receiver, endpoint) = collector().await;
-    let envs = FAST_EXPORT;
-    let dir = tempfile::tempdir().unwrap();
-    let (_psp, psp_url) = exporting_psp(dir.path(), &endpoint).await;
-    let data = dir.path().join("data");
+/// `rialto serve` with the HTTP PSP at `psp_url` and a merchant; returns it, its API URL and
+/// the merchant's key.
+async fn serve_with_psp(
+    dir: &std::path::Path,
+    psp_url: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> (tokio::process::Child, String, String) {
+    let data = dir.join("data");
     let data = data.to_str().unwrap();
     let key = common::merchant(data, "traced");
-    let serve_config = common::write(dir.path(), "rialto.toml", &common::http_psp_toml(&psp_url));
-    let (_serve, urls) = common::serve(
-        data,
-        &["--config", &serve_config, "--otlp-endpoint", &endpoint],
-        &envs,
-        Stdio::null(),
-    )
-    .await;
+    let config = common::write(dir, "rialto.toml", &common::http_psp_toml(psp_url));
+    let mut args = vec!["--config", config.as_str()];
+    args.extend_from_slice(extra);
+    let (serve, urls) = common::serve(data, &args, envs, Stdio::null()).await;
+    (serve, urls[0].clone(), key)
+}
 
-    // The merchant's own trace: Rialto's spans must continue it.
-    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let caller_span = "00f067aa0ba902b7";
+/// Creates a payment inside the caller's trace (`traceparent` with the sampled flag); returns
+/// the answer, which must be 201.
+async fn pay_in_trace(
+    api: &str,
+    key: &str,
+    idempotency_key: &str,
+    trace_id: &str,
+    caller_span: &str,
+) -> Value {
     let response = reqwest::Client::new()
-        .post(format!("{}/v1/payments", urls[0]))
-        .bearer_auth(&key)
-        .header("Idempotency-Key", "traced-1")
+        .post(format!("{api}/v1/payments"))
+        .bearer_auth(key)
+        .header("Idempotency-Key", idempotency_key)
         .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
         .json(&json!({ "amount": 1250, "currency": "EUR", "payment_method": "pm_sim_approve" }))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
-    let payment: Value = response.json().await.unwrap();
+    response.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_payment_is_one_trace_from_the_api_through_the_psp_to_the_ledger() {
+    let (receiver, endpoint) = collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_psp, psp_url) = exporting_psp(dir.path(), &endpoint).await;
+    let (_serve, api, key) = serve_with_psp(
+        dir.path(),
+        &psp_url,
+        &["--otlp-endpoint", &endpoint],
+        &FAST_EXPORT,
+    )
+    .await;
+
+    // The merchant's own trace: Rialto's spans must continue it.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let payment = pay_in_trace(&api, &key, "traced-1", trace_id, caller_span).await;
     assert_eq!(payment["status"], "captured");
     let payment_id = payment["id"].as_str().unwrap().to_string();
 
@@ -254,25 +279,11 @@ async fn without_export_rialto_still_passes_the_callers_trace_to_the_psp() {
     let (receiver, endpoint) = collector().await;
     let dir = tempfile::tempdir().unwrap();
     let (_psp, psp_url) = exporting_psp(dir.path(), &endpoint).await;
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
-    let key = common::merchant(data, "traced");
-    let serve_config = common::write(dir.path(), "rialto.toml", &common::http_psp_toml(&psp_url));
-    let (_serve, urls) =
-        common::serve(data, &["--config", &serve_config], &[], Stdio::null()).await;
+    let (_serve, api, key) = serve_with_psp(dir.path(), &psp_url, &[], &[]).await;
 
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let caller_span = "b7ad6b7169203331";
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/payments", urls[0]))
-        .bearer_auth(&key)
-        .header("Idempotency-Key", "traced-quietly-1")
-        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
-        .json(&json!({ "amount": 1250, "currency": "EUR", "payment_method": "pm_sim_approve" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    pay_in_trace(&api, &key, "traced-quietly-1", trace_id, caller_span).await;
 
     let operations = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
