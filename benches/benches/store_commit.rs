@@ -22,7 +22,7 @@ use rialto_persistence::{
 /// The allocator `rialto` runs with, so that the writer thread's allocations cost here what
 /// they cost in the server.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn payment_commit(n: u64) -> Commit {
     let id = format!("pay_{n:032x}");
