@@ -15,10 +15,16 @@
 //! drawn, so the same requests give the same outcomes in any order and a run can
 //! be repeated. Capture, void and refund are approved. Every operation is recorded by its
 //! idempotency key: sending it again replays the recorded answer, and `status` reports it.
-//! The book lives in memory: after a crash of the whole process the PSP "forgets".
+//! Like a real PSP, the simulator acts on a request once it has received it, whether or not
+//! the caller waits for the answer: until the operation's latency has passed, `status` says
+//! it is pending, then what was done. The book lives in memory: after a crash of the whole
+//! process the PSP "forgets".
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, so that tests with paused time move the incident schedule too.
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -173,6 +179,13 @@ enum Record {
     Declined { code: String, message: String },
 }
 
+/// An operation the PSP has received: what it does, done from `done_at` on.
+#[derive(Clone, Debug)]
+struct Entry {
+    record: Record,
+    done_at: Instant,
+}
+
 /// Counters of what the simulator was asked and answered.
 #[derive(Debug, Default)]
 pub struct SimStats {
@@ -208,7 +221,7 @@ fn bump(counter: &AtomicU64) {
 
 pub struct SimPsp {
     config: SimConfig,
-    book: DashMap<String, Record>,
+    book: DashMap<String, Entry>,
     /// Keys that already had their one soft failure: soft failures are transient, so the
     /// same request succeeds when sent again.
     soft_failed: DashMap<String, ()>,
@@ -255,13 +268,17 @@ impl SimPsp {
             % 1_000_000
     }
 
-    async fn think(&self, key: &str, conditions: &Conditions) {
-        let latency = conditions.latency_override.unwrap_or_else(|| {
+    fn latency(&self, key: &str, conditions: &Conditions) -> Duration {
+        conditions.latency_override.unwrap_or_else(|| {
             self.config.latency.sample(
                 self.draw(key, Draw::Latency1),
                 self.draw(key, Draw::Latency2),
             )
-        });
+        })
+    }
+
+    async fn think(&self, key: &str, conditions: &Conditions) {
+        let latency = self.latency(key, conditions);
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
@@ -276,10 +293,23 @@ impl SimPsp {
         )
     }
 
-    /// Records the first answer for a key and returns whatever is recorded.
-    fn record(&self, key: &str, record: Record) -> PspOutcome {
-        let stored = self.book.entry(key.to_string()).or_insert(record).clone();
-        match stored {
+    /// Records what the PSP does for a key, done after `latency`, unless it already has that
+    /// operation: then what it has stands.
+    fn accept(&self, key: &str, record: Record, latency: Duration) -> Record {
+        let entry = Entry {
+            record,
+            done_at: Instant::now() + latency,
+        };
+        self.book
+            .entry(key.to_string())
+            .or_insert(entry)
+            .record
+            .clone()
+    }
+
+    /// The answer for a recorded operation.
+    fn answer(&self, record: Record) -> PspOutcome {
+        match record {
             Record::Succeeded { psp_reference } => {
                 bump(&self.stats.approved);
                 PspOutcome::Approved { psp_reference }
@@ -291,11 +321,10 @@ impl SimPsp {
         }
     }
 
-    /// Acts, then never answers in time: the outcome is only visible to a status query.
-    async fn act_then_hang(&self, key: &str, record: Record) -> PspOutcome {
-        let outcome = self.record(key, record);
+    /// Has acted, but never answers in time: the outcome is only visible to a status query.
+    async fn hang(&self, record: Record) -> PspOutcome {
         tokio::time::sleep(self.config.hang).await;
-        outcome
+        self.answer(record)
     }
 
     /// Runs one operation under the incident schedule.
@@ -313,49 +342,49 @@ impl SimPsp {
                 reason: format!("{} is down", self.config.id),
             };
         }
-        if let Some(done) = self.book.get(key).map(|r| r.clone()) {
+        if let Some(known) = self.book.get(key).map(|e| e.clone()) {
+            // A resend: answered once the first one is done, and never sooner than a call.
             self.think(key, &conditions).await;
-            return self.record(key, done);
+            tokio::time::sleep_until(known.done_at).await;
+            return self.answer(known.record);
         }
         let decision = decide(self);
         let dropped =
             conditions.drop_ppm > 0 && self.draw(key, Draw::Drop) < u64::from(conditions.drop_ppm);
-        if let Decision::Crash = decision {
-            panic!("simulated adapter crash for {}", req.payment_id);
+        let latency = self.latency(key, &conditions);
+        // The PSP has the request: what it does, it does whether or not the caller waits.
+        let record = match &decision {
+            Decision::Approve | Decision::Timeout => Some(Record::Succeeded {
+                psp_reference: self.reference(key),
+            }),
+            Decision::Decline { code, message } => Some(Record::Declined {
+                code: code.clone(),
+                message: message.clone(),
+            }),
+            Decision::SoftFailure => None,
+            Decision::Crash => panic!("simulated adapter crash for {}", req.payment_id),
         }
-        self.think(key, &conditions).await;
-        match decision {
-            Decision::Approve | Decision::Timeout if dropped => {
+        .map(|record| self.accept(key, record, latency));
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        match (decision, record) {
+            (Decision::Approve | Decision::Timeout, Some(record)) if dropped => {
                 bump(&self.stats.dropped);
-                let record = Record::Succeeded {
-                    psp_reference: self.reference(key),
-                };
-                self.act_then_hang(key, record).await
+                self.hang(record).await
             }
-            Decision::Approve => {
-                let record = Record::Succeeded {
-                    psp_reference: self.reference(key),
-                };
-                self.record(key, record)
-            }
-            Decision::Timeout => {
+            (Decision::Timeout, Some(record)) => {
                 bump(&self.stats.timeouts);
-                let record = Record::Succeeded {
-                    psp_reference: self.reference(key),
-                };
-                self.act_then_hang(key, record).await
+                self.hang(record).await
             }
-            Decision::Decline { code, message } => {
-                self.record(key, Record::Declined { code, message })
-            }
-            Decision::SoftFailure => {
+            (_, Some(record)) => self.answer(record),
+            (_, None) => {
                 // Nothing is recorded: a soft failure means the PSP did not act.
                 bump(&self.stats.soft_failures);
                 PspOutcome::SoftFailure {
                     reason: "issuer unavailable".into(),
                 }
             }
-            Decision::Crash => unreachable!("crashed above"),
         }
     }
 
@@ -446,12 +475,17 @@ impl PspAdapter for SimPsp {
             return OperationStatus::Pending;
         }
         self.think(&req.idempotency_key, &conditions).await;
-        match self.book.get(&req.idempotency_key).map(|r| r.clone()) {
+        match self.book.get(&req.idempotency_key).map(|e| e.clone()) {
             None => OperationStatus::NotFound,
-            Some(Record::Succeeded { psp_reference }) => {
-                OperationStatus::Succeeded { psp_reference }
-            }
-            Some(Record::Declined { code, message }) => OperationStatus::Declined { code, message },
+            Some(e) if Instant::now() < e.done_at => OperationStatus::Pending,
+            Some(Entry {
+                record: Record::Succeeded { psp_reference },
+                ..
+            }) => OperationStatus::Succeeded { psp_reference },
+            Some(Entry {
+                record: Record::Declined { code, message },
+                ..
+            }) => OperationStatus::Declined { code, message },
         }
     }
 }
@@ -513,6 +547,51 @@ mod tests {
         let first = psp.capture(&req("k", "pm_sim_approve")).await;
         let again = psp.capture(&req("k", "pm_sim_approve")).await;
         assert_eq!(first, again);
+        assert_eq!(psp.book.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_its_caller_stops_waiting_for_still_happens() {
+        // Calls received in the first 50 ms take 200 ms; later ones (the status queries) none.
+        let config = SimConfig {
+            incidents: vec![Incident {
+                kind: IncidentKind::LatencySpike {
+                    latency: Duration::from_millis(200),
+                },
+                start: Duration::ZERO,
+                end: Duration::from_millis(50),
+            }],
+            ..fast("slow")
+        };
+        let psp = SimPsp::new(config);
+        let request = req("gave-up", "pm_sim_approve");
+        let cut_short =
+            tokio::time::timeout(Duration::from_millis(10), psp.authorize(&request)).await;
+        assert!(cut_short.is_err(), "the caller stopped waiting");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            psp.status(&request).await,
+            OperationStatus::Pending,
+            "received at 0 ms, asked at 60 ms: not done yet"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(
+            matches!(
+                psp.status(&request).await,
+                OperationStatus::Succeeded { .. }
+            ),
+            "done at 200 ms, though nobody waited for the answer"
+        );
+        assert_eq!(
+            psp.stats.approved.load(Ordering::Relaxed),
+            0,
+            "no answer sent"
+        );
+        // Sent again, it replays what was done.
+        assert!(matches!(
+            psp.authorize(&request).await,
+            PspOutcome::Approved { .. }
+        ));
         assert_eq!(psp.book.len(), 1);
     }
 
