@@ -27,8 +27,8 @@ use crate::config::Config;
 use crate::telemetry::{LogFormat, Telemetry};
 
 /// glibc's allocator spends a sixth of a payment's CPU under load (profiled with perf).
-/// Allocator per-thread caches remove most of that; jemalloc's cost 6–8% less CPU per payment
-/// than mimalloc's (`benches/side-by-side.sh`), with a little less resident memory.
+/// An allocator with per-thread caches removes most of that. jemalloc costs 6–8% less CPU per
+/// payment than mimalloc (`benches/side-by-side.sh`), with a little less resident memory.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -215,6 +215,13 @@ impl SimStats {
     }
 }
 
+/// Sleeps for a PSP's latency; a zero latency does not touch the timer.
+async fn pause(latency: Duration) {
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+}
+
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -278,10 +285,7 @@ impl SimPsp {
     }
 
     async fn think(&self, key: &str, conditions: &Conditions) {
-        let latency = self.latency(key, conditions);
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
+        pause(self.latency(key, conditions)).await;
     }
 
     fn reference(&self, key: &str) -> String {
@@ -365,9 +369,7 @@ impl SimPsp {
             Decision::Crash => panic!("simulated adapter crash for {}", req.payment_id),
         }
         .map(|record| self.accept(key, record, latency));
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
+        pause(latency).await;
         match (decision, record) {
             (Decision::Approve | Decision::Timeout, Some(record)) if dropped => {
                 bump(&self.stats.dropped);
