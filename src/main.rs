@@ -59,12 +59,18 @@ struct Cli {
 enum Command {
     /// Run the merchant API and the ops listener.
     Serve {
+        /// A TOML config (every key optional; see rialto.example.toml). Without it: embedded
+        /// store, three simulated PSPs, the defaults below.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Where the embedded store lives (overrides the config) [default: ./rialto-data].
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The merchant API's address (overrides the config) [default: 127.0.0.1:8080].
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// The ops listener's address: /metrics, /healthz, /readyz, admin (overrides the
+        /// config) [default: 127.0.0.1:9464].
         #[arg(long)]
         ops_listen: Option<SocketAddr>,
     },
@@ -73,6 +79,7 @@ enum Command {
         /// A built-in scenario: seed-profile, max-throughput, latency-spike, drop-1pct, psp-outage, memory-10k.
         #[arg(long, conflicts_with = "scenario_file")]
         scenario: Option<String>,
+        /// A scenario file (TOML; the format is in sim/scenarios/README.md).
         #[arg(long)]
         scenario_file: Option<PathBuf>,
         /// Drive a running Rialto at this URL instead of starting one in this process.
@@ -90,6 +97,8 @@ enum Command {
         /// First drive the same load at a trivial endpoint, and report the ratio.
         #[arg(long)]
         baseline: bool,
+        /// Seeds the load's payment mix and think times (each PSP has its own `seed` in the
+        /// scenario): the same seeds draw the same run.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// No live progress.
@@ -98,6 +107,7 @@ enum Command {
     },
     /// Serve a simulated PSP over HTTP (Rialto's PSP protocol, HMAC-signed requests).
     PspSim {
+        /// The address to serve the PSP protocol on.
         #[arg(long, default_value = "127.0.0.1:7001")]
         listen: SocketAddr,
         /// TOML with one `[psp]` table (see sim/src/spec.rs); needs `secret`.
@@ -120,8 +130,10 @@ enum Command {
 enum MerchantCommand {
     /// Create a merchant; prints only its API key on stdout.
     Create {
+        /// The store of the Rialto that will serve this merchant.
         #[arg(long, default_value = "./rialto-data")]
         data_dir: PathBuf,
+        /// A name for people; the merchant's id is generated.
         #[arg(long)]
         name: String,
         /// Requests a minute this merchant may make, sustained (0: unlimited).
@@ -137,6 +149,7 @@ enum MerchantCommand {
 enum LedgerCommand {
     /// Verify every ledger invariant offline; exits 0 only if the ledger balances.
     Check {
+        /// The store to check (with the server stopped, or on a copy).
         #[arg(long, default_value = "./rialto-data")]
         data_dir: PathBuf,
     },
