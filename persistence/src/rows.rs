@@ -449,7 +449,7 @@ impl IdempotencyRow {
     /// The claim on a key: everything but the response, which is stored apart.
     pub fn claim(r: &IdempotencyRecord) -> IdempotencyRow {
         IdempotencyRow {
-            fingerprint: hex_encode(&r.fingerprint),
+            fingerprint: hex::encode(r.fingerprint),
             resource_id: r.resource_id.clone(),
             response: None,
             created_at_ms: r.created_at_ms,
@@ -462,13 +462,8 @@ impl TryFrom<IdempotencyRow> for IdempotencyRecord {
 
     fn try_from(r: IdempotencyRow) -> Result<IdempotencyRecord, StoreError> {
         let mut fingerprint = [0u8; 32];
-        if r.fingerprint.len() != 64 {
-            return Err(corrupt("fingerprint", &r.fingerprint));
-        }
-        for (i, byte) in fingerprint.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&r.fingerprint[2 * i..2 * i + 2], 16)
-                .map_err(|_| corrupt("fingerprint", &r.fingerprint))?;
-        }
+        hex::decode_to_slice(&r.fingerprint, &mut fingerprint)
+            .map_err(|_| corrupt("fingerprint", &r.fingerprint))?;
         Ok(IdempotencyRecord {
             fingerprint,
             resource_id: r.resource_id,
@@ -480,14 +475,6 @@ impl TryFrom<IdempotencyRow> for IdempotencyRecord {
     }
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}"); // Writing to a String cannot fail.
-        s
-    })
-}
-
 /// Rows are stored in postcard, a compact binary serde format: a payment row takes about a
 /// third of its JSON size, so more rows share a page and each batch dirties fewer pages.
 /// Variants and fields are positional, so a row type's fields may only be appended to.
@@ -497,4 +484,40 @@ pub fn encode<T: Serialize>(row: &T) -> Vec<u8> {
 
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A claim's fingerprint is stored as 64 lowercase hex digits, as every earlier version
+    /// wrote it, and reads back byte for byte; anything else is reported as corrupt.
+    #[test]
+    fn a_claims_fingerprint_keeps_its_stored_form() {
+        let fingerprint: [u8; 32] = std::array::from_fn(|i| (i * 9) as u8 ^ 0xa5);
+        let record = IdempotencyRecord {
+            fingerprint,
+            resource_id: "pay_1".into(),
+            response: None,
+            created_at_ms: 7,
+        };
+        let row = IdempotencyRow::claim(&record);
+        let written: String = fingerprint.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(row.fingerprint, written);
+        let read = IdempotencyRecord::try_from(row).unwrap();
+        assert_eq!(read.fingerprint, fingerprint);
+
+        for bad in ["", "zz", &written[..62], &format!("{written}00")] {
+            let row = IdempotencyRow {
+                fingerprint: bad.to_string(),
+                resource_id: "pay_1".into(),
+                response: None,
+                created_at_ms: 7,
+            };
+            assert!(matches!(
+                IdempotencyRecord::try_from(row),
+                Err(StoreError::Corrupt(_))
+            ));
+        }
+    }
 }
