@@ -18,9 +18,14 @@
 //! Like a real PSP, the simulator acts on a request once it has received it, whether or not
 //! the caller waits for the answer: until the operation's latency has passed, `status` says
 //! it is pending, then what was done. The book lives in memory: after a crash of the whole
-//! process the PSP "forgets".
+//! process the PSP "forgets". Like a real PSP's idempotency records, it keeps each operation
+//! for a retention period (1 hour by default) and at most a set number of operations (250,000
+//! by default, about 200 bytes each), forgetting the oldest first, so a long run's memory
+//! stays bounded.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 // Tokio's clock, so that tests with paused time move the incident schedule too.
@@ -101,6 +106,10 @@ pub struct SimConfig {
     pub hang: Duration,
     pub seed: u64,
     pub incidents: Vec<Incident>,
+    /// How long the PSP remembers an operation (for resends and status queries).
+    pub retention: Duration,
+    /// The most operations it remembers at once; past that it forgets the oldest.
+    pub records_max: usize,
 }
 
 impl SimConfig {
@@ -117,10 +126,18 @@ impl SimConfig {
             hang: Duration::from_secs(3_600),
             seed: 0x5eed,
             incidents: Vec::new(),
+            retention: RETENTION_DEFAULT,
+            records_max: RECORDS_MAX_DEFAULT,
         }
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if self.records_max == 0 || self.retention.is_zero() {
+            return Err(format!(
+                "psp `{}`: the simulator must remember operations (records_max and retention above 0)",
+                self.id
+            ));
+        }
         let total = u64::from(self.decline_ppm)
             + u64::from(self.soft_failure_ppm)
             + u64::from(self.timeout_ppm);
@@ -186,6 +203,85 @@ struct Entry {
     done_at: Instant,
 }
 
+pub const RETENTION_DEFAULT: Duration = Duration::from_secs(3_600);
+pub const RECORDS_MAX_DEFAULT: usize = 250_000;
+
+/// What the PSP remembers by idempotency key: each key for `retention` after it was first
+/// seen, and at most `records_max` keys, the oldest forgotten first.
+struct Book<V> {
+    /// Each value with when its key was first seen.
+    entries: DashMap<Arc<str>, (Instant, V)>,
+    /// Keys in the order they were first seen, each once, with when.
+    order: Mutex<VecDeque<(Instant, Arc<str>)>>,
+    retention: Duration,
+    records_max: usize,
+}
+
+impl<V: Clone> Book<V> {
+    fn new(retention: Duration, records_max: usize) -> Book<V> {
+        Book {
+            entries: DashMap::new(),
+            order: Mutex::new(VecDeque::new()),
+            retention,
+            records_max,
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<V> {
+        let entry = self.entries.get(key)?;
+        let (seen, value) = entry.value();
+        // Past its retention a key is forgotten, even before the next insert drops it.
+        (seen.elapsed() < self.retention).then(|| value.clone())
+    }
+
+    /// Remembers `value` for `key` unless the key is already known; returns what was known.
+    fn insert(&self, key: &str, value: V) -> Option<V> {
+        let key: Arc<str> = Arc::from(key);
+        let now = Instant::now();
+        {
+            // The shard's lock is released before `order`'s is taken: `forget` takes them
+            // the other way round.
+            match self.entries.entry(key.clone()) {
+                dashmap::Entry::Occupied(known)
+                    if now.saturating_duration_since(known.get().0) < self.retention =>
+                {
+                    return Some(known.get().1.clone());
+                }
+                // Forgotten (expired, not yet dropped): the key starts afresh.
+                dashmap::Entry::Occupied(mut expired) => {
+                    expired.insert((now, value));
+                }
+                dashmap::Entry::Vacant(slot) => {
+                    slot.insert((now, value));
+                }
+            }
+        }
+        let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        order.push_back((now, key));
+        self.forget(&mut order, now);
+        None
+    }
+
+    fn forget(&self, order: &mut VecDeque<(Instant, Arc<str>)>, now: Instant) {
+        while let Some((seen, _)) = order.front() {
+            let expired = now.saturating_duration_since(*seen) >= self.retention;
+            if !expired && order.len() <= self.records_max {
+                break;
+            }
+            if let Some((seen, key)) = order.pop_front() {
+                // Unless the key was forgotten and seen anew since: that is a later entry.
+                self.entries
+                    .remove_if(&*key, |_, (current, _)| *current == seen);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
 /// Counters of what the simulator was asked and answered.
 #[derive(Debug, Default)]
 pub struct SimStats {
@@ -228,10 +324,10 @@ fn bump(counter: &AtomicU64) {
 
 pub struct SimPsp {
     config: SimConfig,
-    book: DashMap<String, Entry>,
+    book: Book<Entry>,
     /// Keys that already had their one soft failure: soft failures are transient, so the
     /// same request succeeds when sent again.
-    soft_failed: DashMap<String, ()>,
+    soft_failed: Book<()>,
     started: Instant,
     pub stats: SimStats,
 }
@@ -250,9 +346,9 @@ impl SimPsp {
     pub fn new(config: SimConfig) -> SimPsp {
         assert!(config.validate().is_ok(), "{:?}", config.validate());
         SimPsp {
+            book: Book::new(config.retention, config.records_max),
+            soft_failed: Book::new(config.retention, config.records_max),
             config,
-            book: DashMap::new(),
-            soft_failed: DashMap::new(),
             started: Instant::now(),
             stats: SimStats::default(),
         }
@@ -304,11 +400,10 @@ impl SimPsp {
             record,
             done_at: Instant::now() + latency,
         };
+        let record = entry.record.clone();
         self.book
-            .entry(key.to_string())
-            .or_insert(entry)
-            .record
-            .clone()
+            .insert(key, entry)
+            .map_or(record, |known| known.record)
     }
 
     /// The answer for a recorded operation.
@@ -346,7 +441,7 @@ impl SimPsp {
                 reason: format!("{} is down", self.config.id),
             };
         }
-        if let Some(known) = self.book.get(key).map(|e| e.clone()) {
+        if let Some(known) = self.book.get(key) {
             // A resend: answered once the first one is done, and never sooner than a call.
             self.think(key, &conditions).await;
             tokio::time::sleep_until(known.done_at).await;
@@ -410,10 +505,7 @@ impl SimPsp {
                         message: "the issuer declined".into(),
                     }
                 } else if draw < soft {
-                    let first = self
-                        .soft_failed
-                        .insert(req.idempotency_key.clone(), ())
-                        .is_none();
+                    let first = self.soft_failed.insert(&req.idempotency_key, ()).is_none();
                     if first {
                         Decision::SoftFailure
                     } else {
@@ -477,7 +569,7 @@ impl PspAdapter for SimPsp {
             return OperationStatus::Pending;
         }
         self.think(&req.idempotency_key, &conditions).await;
-        match self.book.get(&req.idempotency_key).map(|e| e.clone()) {
+        match self.book.get(&req.idempotency_key) {
             None => OperationStatus::NotFound,
             Some(e) if Instant::now() < e.done_at => OperationStatus::Pending,
             Some(Entry {
@@ -550,6 +642,71 @@ mod tests {
         let again = psp.capture(&req("k", "pm_sim_approve")).await;
         assert_eq!(first, again);
         assert_eq!(psp.book.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_book_forgets_after_its_retention_and_beyond_its_size() {
+        let book: Book<u32> = Book::new(Duration::from_secs(60), 3);
+        assert_eq!(book.insert("a", 1), None);
+        assert_eq!(
+            book.insert("a", 2),
+            Some(1),
+            "a known key keeps its first value"
+        );
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(book.insert("b", 3), None);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(book.get("a"), None, "60 s after it was first seen");
+        assert_eq!(book.get("b"), Some(3));
+        // Seen anew after it was forgotten, `a` starts afresh, and dropping its expired first
+        // sighting from the order does not drop the new one.
+        assert_eq!(book.insert("a", 4), None);
+        assert_eq!(book.get("a"), Some(4));
+        assert_eq!(book.insert("c", 5), None);
+        assert_eq!(book.get("a"), Some(4));
+        // Past three keys the oldest go first.
+        assert_eq!(book.insert("d", 6), None);
+        assert_eq!(book.insert("e", 7), None);
+        assert_eq!(book.get("b"), None);
+        assert_eq!(book.get("a"), None);
+        assert_eq!(book.get("e"), Some(7));
+        assert_eq!(book.len(), 3, "what is forgotten is freed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgotten_operation_is_unknown_and_is_acted_on_anew() {
+        let psp = SimPsp::new(SimConfig {
+            retention: Duration::from_secs(60),
+            records_max: 2,
+            ..fast("sim")
+        });
+        let first = psp.capture(&req("k1", "pm_sim_approve")).await;
+        assert!(matches!(first, PspOutcome::Approved { .. }));
+        for key in ["k2", "k3"] {
+            psp.capture(&req(key, "pm_sim_approve")).await;
+        }
+        assert_eq!(
+            psp.book.len(),
+            2,
+            "the book holds at most records_max operations"
+        );
+        assert_eq!(
+            psp.status(&req("k1", "pm_sim_approve")).await,
+            OperationStatus::NotFound
+        );
+        assert!(matches!(
+            psp.status(&req("k3", "pm_sim_approve")).await,
+            OperationStatus::Succeeded { .. }
+        ));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            psp.status(&req("k3", "pm_sim_approve")).await,
+            OperationStatus::NotFound,
+            "nor past the retention"
+        );
+        let calls = psp.stats.approved.load(Ordering::Relaxed);
+        psp.capture(&req("k1", "pm_sim_approve")).await;
+        assert_eq!(psp.stats.approved.load(Ordering::Relaxed), calls + 1);
     }
 
     #[tokio::test(start_paused = true)]

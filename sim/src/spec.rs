@@ -12,6 +12,8 @@
 //! soft_failure_ppm = 0
 //! timeout_ppm = 0
 //! seed = 24301
+//! retention_ms = 3600000        # how long the simulator remembers an operation (resends, status)
+//! records_max = 250000          # and how many at most (≈ 200 bytes each), oldest forgotten first
 //! # kind = "http": url = "http://127.0.0.1:7001", secret = "…" (shared with `rialto psp-sim`)
 //!
 //! [[psp.incident]]
@@ -29,7 +31,9 @@ use serde::Deserialize;
 use rialto_actors::psp::PspAdapter;
 use rialto_actors::psp_http::HttpPsp;
 
-use crate::psp::{Incident, IncidentKind, Latency, SimConfig, SimPsp};
+use crate::psp::{
+    Incident, IncidentKind, Latency, RECORDS_MAX_DEFAULT, RETENTION_DEFAULT, SimConfig, SimPsp,
+};
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -78,6 +82,8 @@ pub struct PspSpec {
     pub timeout_ppm: u32,
     pub hang_ms: u64,
     pub seed: u64,
+    pub retention_ms: u64,
+    pub records_max: usize,
     pub url: Option<String>,
     pub secret: Option<String>,
     /// This PSP's bulkhead, if not the engine's `psp_inflight_max` / `psp_queue_max`.
@@ -103,6 +109,8 @@ impl Default for PspSpec {
             timeout_ppm: 0,
             hang_ms: 3_600_000,
             seed: 0x5eed,
+            retention_ms: RETENTION_DEFAULT.as_millis() as u64,
+            records_max: RECORDS_MAX_DEFAULT,
             url: None,
             secret: None,
             inflight_max: None,
@@ -127,7 +135,7 @@ impl PspSpec {
     }
 
     /// The simulator this spec describes, with every time (latencies, the incident schedule,
-    /// the hang of a timed-out call) multiplied by `scale`.
+    /// the hang of a timed-out call, how long it remembers) multiplied by `scale`.
     pub fn sim_config(&self, scale: f64) -> Result<SimConfig, String> {
         let ms = |ms: u64| Duration::from_secs_f64(ms as f64 / 1_000.0 * scale);
         let incidents = self
@@ -181,6 +189,8 @@ impl PspSpec {
             hang: ms(self.hang_ms),
             seed: self.seed,
             incidents,
+            retention: ms(self.retention_ms),
+            records_max: self.records_max,
         };
         config.validate()?;
         Ok(config)
@@ -253,6 +263,8 @@ mod tests {
             id = "slow"
             latency = { kind = "lognormal", p50_ms = 80, p99_ms = 400 }
             decline_ppm = 10000
+            retention_ms = 600000
+            records_max = 1000
             [[psp.incident]]
             kind = "latency_spike"
             start_ms = 10000
@@ -279,6 +291,8 @@ mod tests {
             }
         );
         assert_eq!(config.decline_ppm, 10_000);
+        assert_eq!(config.retention, Duration::from_secs(300));
+        assert_eq!(config.records_max, 1_000);
     }
 
     #[test]
@@ -312,6 +326,14 @@ mod tests {
                     latency_ms: None,
                     drop_ppm: None,
                 }],
+                ..PspSpec::named("x")
+            },
+            PspSpec {
+                records_max: 0,
+                ..PspSpec::named("x")
+            },
+            PspSpec {
+                retention_ms: 0,
                 ..PspSpec::named("x")
             },
         ];
