@@ -190,14 +190,19 @@ pub fn conditions(incidents: &[Incident], elapsed: Duration) -> Conditions {
     c
 }
 
-#[derive(Clone, Debug)]
+/// What the PSP did. Small, as the book holds many: the reference is drawn again from the
+/// key when it is needed, and decline reasons are fixed texts.
+#[derive(Clone, Copy, Debug)]
 enum Record {
-    Succeeded { psp_reference: String },
-    Declined { code: String, message: String },
+    Succeeded,
+    Declined {
+        code: &'static str,
+        message: &'static str,
+    },
 }
 
 /// An operation the PSP has received: what it does, done from `done_at` on.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Entry {
     record: Record,
     done_at: Instant,
@@ -400,30 +405,34 @@ impl SimPsp {
             record,
             done_at: Instant::now() + latency,
         };
-        let record = entry.record.clone();
         self.book
             .insert(key, entry)
             .map_or(record, |known| known.record)
     }
 
     /// The answer for a recorded operation.
-    fn answer(&self, record: Record) -> PspOutcome {
+    fn answer(&self, key: &str, record: Record) -> PspOutcome {
         match record {
-            Record::Succeeded { psp_reference } => {
+            Record::Succeeded => {
                 bump(&self.stats.approved);
-                PspOutcome::Approved { psp_reference }
+                PspOutcome::Approved {
+                    psp_reference: self.reference(key),
+                }
             }
             Record::Declined { code, message } => {
                 bump(&self.stats.declined);
-                PspOutcome::HardDecline { code, message }
+                PspOutcome::HardDecline {
+                    code: code.into(),
+                    message: message.into(),
+                }
             }
         }
     }
 
     /// Has acted, but never answers in time: the outcome is only visible to a status query.
-    async fn hang(&self, record: Record) -> PspOutcome {
+    async fn hang(&self, key: &str, record: Record) -> PspOutcome {
         tokio::time::sleep(self.config.hang).await;
-        self.answer(record)
+        self.answer(key, record)
     }
 
     /// Runs one operation under the incident schedule.
@@ -445,7 +454,7 @@ impl SimPsp {
             // A resend: answered once the first one is done, and never sooner than a call.
             self.think(key, &conditions).await;
             tokio::time::sleep_until(known.done_at).await;
-            return self.answer(known.record);
+            return self.answer(key, known.record);
         }
         let decision = decide(self);
         let dropped =
@@ -453,13 +462,8 @@ impl SimPsp {
         let latency = self.latency(key, &conditions);
         // The PSP has the request: what it does, it does whether or not the caller waits.
         let record = match &decision {
-            Decision::Approve | Decision::Timeout => Some(Record::Succeeded {
-                psp_reference: self.reference(key),
-            }),
-            Decision::Decline { code, message } => Some(Record::Declined {
-                code: code.clone(),
-                message: message.clone(),
-            }),
+            Decision::Approve | Decision::Timeout => Some(Record::Succeeded),
+            Decision::Decline { code, message } => Some(Record::Declined { code, message }),
             Decision::SoftFailure => None,
             Decision::Crash => panic!("simulated adapter crash for {}", req.payment_id),
         }
@@ -468,13 +472,13 @@ impl SimPsp {
         match (decision, record) {
             (Decision::Approve | Decision::Timeout, Some(record)) if dropped => {
                 bump(&self.stats.dropped);
-                self.hang(record).await
+                self.hang(key, record).await
             }
             (Decision::Timeout, Some(record)) => {
                 bump(&self.stats.timeouts);
-                self.hang(record).await
+                self.hang(key, record).await
             }
-            (_, Some(record)) => self.answer(record),
+            (_, Some(record)) => self.answer(key, record),
             (_, None) => {
                 // Nothing is recorded: a soft failure means the PSP did not act.
                 bump(&self.stats.soft_failures);
@@ -489,8 +493,8 @@ impl SimPsp {
         match req.payment_method.as_str() {
             "pm_sim_approve" => Decision::Approve,
             "pm_sim_decline" => Decision::Decline {
-                code: "card_declined".into(),
-                message: "the card was declined".into(),
+                code: "card_declined",
+                message: "the card was declined",
             },
             "pm_sim_timeout" => Decision::Timeout,
             "pm_sim_psp_crash" => Decision::Crash,
@@ -501,8 +505,8 @@ impl SimPsp {
                 let timeouts = soft + u64::from(self.config.timeout_ppm);
                 if draw < declines {
                     Decision::Decline {
-                        code: "do_not_honor".into(),
-                        message: "the issuer declined".into(),
+                        code: "do_not_honor",
+                        message: "the issuer declined",
                     }
                 } else if draw < soft {
                     let first = self.soft_failed.insert(&req.idempotency_key, ()).is_none();
@@ -523,7 +527,10 @@ impl SimPsp {
 
 enum Decision {
     Approve,
-    Decline { code: String, message: String },
+    Decline {
+        code: &'static str,
+        message: &'static str,
+    },
     SoftFailure,
     Timeout,
     Crash,
@@ -568,18 +575,24 @@ impl PspAdapter for SimPsp {
         if conditions.down {
             return OperationStatus::Pending;
         }
-        self.think(&req.idempotency_key, &conditions).await;
-        match self.book.get(&req.idempotency_key) {
+        let key = &req.idempotency_key;
+        self.think(key, &conditions).await;
+        match self.book.get(key) {
             None => OperationStatus::NotFound,
             Some(e) if Instant::now() < e.done_at => OperationStatus::Pending,
             Some(Entry {
-                record: Record::Succeeded { psp_reference },
+                record: Record::Succeeded,
                 ..
-            }) => OperationStatus::Succeeded { psp_reference },
+            }) => OperationStatus::Succeeded {
+                psp_reference: self.reference(key),
+            },
             Some(Entry {
                 record: Record::Declined { code, message },
                 ..
-            }) => OperationStatus::Declined { code, message },
+            }) => OperationStatus::Declined {
+                code: code.into(),
+                message: message.into(),
+            },
         }
     }
 }
