@@ -2,9 +2,12 @@
 //! (virtual users that wait for each answer, then think) or open loop (a fixed arrival rate
 //! whose latency counts from the scheduled start, so a slow server cannot hide behind
 //! coordinated omission). It records HDR histograms, per-second series and every payment's
-//! final status, and at the end waits for payments left `unknown` to be settled.
+//! final status, and at the end waits for payments left `unknown` to be settled. What it keeps
+//! stays small however long it runs: payments are counted as they settle (only unsettled ones
+//! are kept, to be asked about), and each second's histogram is reduced to its percentiles
+//! once no answer can still be expected for it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +44,17 @@ const CLIENT_RETRIES_MAX: u32 = 600;
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
 }
+
+/// Each second's histogram, for the series: two significant digits (1%) serve a chart, at a
+/// fourteenth of the size.
+fn second_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("static bounds are valid")
+}
+
+/// How long a second's histogram is kept before it is reduced to its percentiles. Requests
+/// time out after 120 s; an answer that comes later than this (after many 409/504 retries)
+/// still counts in its second, but not in that second's percentiles.
+const SECOND_HISTOGRAM_KEPT_S: usize = 300;
 
 #[derive(Debug, Clone, Default)]
 pub struct Second {
@@ -111,6 +125,16 @@ pub fn is_success(status: &str) -> bool {
     )
 }
 
+/// Reduces a second's histogram to the percentiles the series shows.
+fn finalize((second, histogram): &mut (Second, Option<Histogram<u64>>)) {
+    if let Some(h) = histogram.take() {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
+        second.p50_ms = ms(0.50);
+        second.p95_ms = ms(0.95);
+        second.p99_ms = ms(0.99);
+    }
+}
+
 fn settled(status: &str) -> bool {
     !matches!(status, "unknown" | "authorizing" | "capturing" | "created")
 }
@@ -119,9 +143,12 @@ fn settled(status: &str) -> bool {
 struct Inner {
     latency_us: Option<Histogram<u64>>,
     latency_all_us: Option<Histogram<u64>>,
-    per_second: Vec<(Second, Histogram<u64>)>,
-    /// payment id → (psp, last status)
-    payments: BTreeMap<String, (String, String)>,
+    /// Each second, with its histogram until it is reduced to percentiles (`finalize`).
+    per_second: Vec<(Second, Option<Histogram<u64>>)>,
+    /// Payments that settled: psp → final status → count.
+    settled: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Payments not settled yet: id → (psp, last status). `settle` asks about them.
+    open: HashMap<String, (String, String)>,
     /// Payment creation latency by the PSP that took the payment, in microseconds.
     by_psp_latency: BTreeMap<String, Histogram<u64>>,
     failures: BTreeMap<String, u64>,
@@ -168,7 +195,13 @@ impl Recorder {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let _ = inner.latency_all_us.as_mut().map(|h| h.record(us)); // Clamped into range above.
         while inner.per_second.len() <= second {
-            inner.per_second.push((Second::default(), histogram()));
+            let aged = inner.per_second.len().checked_sub(SECOND_HISTOGRAM_KEPT_S);
+            inner
+                .per_second
+                .push((Second::default(), Some(second_histogram())));
+            if let Some(aged) = aged {
+                finalize(&mut inner.per_second[aged]);
+            }
         }
         let slot = &mut inner.per_second[second];
         slot.0.requests += 1;
@@ -176,7 +209,9 @@ impl Recorder {
         if let Kind::Payment = kind {
             self.payments.fetch_add(1, Ordering::Relaxed);
             slot.0.payments += 1;
-            let _ = slot.1.record(us);
+            if let Some(h) = slot.1.as_mut() {
+                let _ = h.record(us); // Clamped into range above.
+            }
             let _ = inner.latency_us.as_mut().map(|h| h.record(us));
         }
     }
@@ -191,11 +226,26 @@ impl Recorder {
         let _ = h.record(us); // Clamped into range above.
     }
 
+    /// A payment's latest status: counted if it settled, kept to be asked about if not.
     fn payment(&self, id: &str, psp: &str, status: &str) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner
-            .payments
-            .insert(id.to_string(), (psp.to_string(), status.to_string()));
+        if !settled(status) {
+            inner
+                .open
+                .insert(id.to_string(), (psp.to_string(), status.to_string()));
+            return;
+        }
+        inner.open.remove(id);
+        let by_status = match inner.settled.get_mut(psp) {
+            Some(by_status) => by_status,
+            None => inner.settled.entry(psp.to_string()).or_default(),
+        };
+        match by_status.get_mut(status) {
+            Some(n) => *n += 1,
+            None => {
+                by_status.insert(status.to_string(), 1);
+            }
+        }
     }
 
     fn failure(&self, what: String) {
@@ -550,12 +600,7 @@ async fn settle(
     loop {
         let open: Vec<String> = {
             let inner = recorder.inner.lock().unwrap_or_else(|e| e.into_inner());
-            inner
-                .payments
-                .iter()
-                .filter(|(_, (_, s))| !settled(s))
-                .map(|(id, _)| id.clone())
-                .collect()
+            inner.open.keys().cloned().collect()
         };
         if open.is_empty() || Instant::now() >= deadline {
             return open.len() as u64;
@@ -585,25 +630,24 @@ fn finish(
     peak_rss_mb: Option<f64>,
 ) -> Measurements {
     let mut inner = recorder.inner.lock().unwrap_or_else(|e| e.into_inner());
-    let mut outcomes: BTreeMap<String, u64> = inner.failures.clone();
-    let mut by_psp: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for (psp, status) in inner.payments.values() {
-        *outcomes.entry(status.clone()).or_default() += 1;
+    let mut by_psp = std::mem::take(&mut inner.settled);
+    for (psp, status) in inner.open.values() {
         *by_psp
             .entry(psp.clone())
             .or_default()
             .entry(status.clone())
             .or_default() += 1;
     }
-    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
+    let mut outcomes: BTreeMap<String, u64> = inner.failures.clone();
+    for (status, n) in by_psp.values().flatten() {
+        *outcomes.entry(status.clone()).or_default() += n;
+    }
     let series = inner
         .per_second
-        .iter()
-        .map(|(s, h)| Second {
-            p50_ms: ms(h, 0.50),
-            p95_ms: ms(h, 0.95),
-            p99_ms: ms(h, 0.99),
-            ..s.clone()
+        .iter_mut()
+        .map(|slot| {
+            finalize(slot);
+            slot.0.clone()
         })
         .collect();
     Measurements {
@@ -678,6 +722,69 @@ mod tests {
             "{counts:?}"
         );
         assert_eq!((timeout, card), (0, 0));
+    }
+
+    #[test]
+    fn payments_are_counted_once_by_their_last_status_and_only_open_ones_are_kept() {
+        let recorder = Recorder::new();
+        recorder.payment("pay_1", "psp_a", "captured");
+        recorder.payment("pay_2", "psp_a", "unknown");
+        recorder.payment("pay_3", "psp_b", "declined");
+        recorder.payment("pay_4", "psp_b", "capturing");
+        {
+            let inner = recorder.inner.lock().unwrap();
+            let mut open: Vec<&String> = inner.open.keys().collect();
+            open.sort();
+            assert_eq!(
+                open,
+                ["pay_2", "pay_4"],
+                "settled payments are only counted"
+            );
+        }
+        // `settle` finds pay_2 approved and captured; pay_4 never settles.
+        recorder.payment("pay_2", "psp_a", "captured");
+        let m = finish(&recorder, Duration::from_secs(1), 1, None);
+        let counts = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+        };
+        assert_eq!(
+            m.outcomes,
+            counts(&[("captured", 2), ("capturing", 1), ("declined", 1)])
+        );
+        assert_eq!(m.by_psp["psp_a"], counts(&[("captured", 2)]));
+        assert_eq!(
+            m.by_psp["psp_b"],
+            counts(&[("capturing", 1), ("declined", 1)])
+        );
+    }
+
+    #[test]
+    fn each_seconds_histogram_is_reduced_to_percentiles_once_it_is_old() {
+        let recorder = Recorder::new();
+        let at = |s: u64| recorder.started + Duration::from_secs(s);
+        for ms in 1..=100 {
+            recorder.record(Kind::Payment, at(0), Duration::from_millis(ms), false);
+        }
+        recorder.record(Kind::Payment, at(1), Duration::from_millis(7), false);
+        let kept = SECOND_HISTOGRAM_KEPT_S as u64;
+        recorder.record(Kind::Payment, at(kept), Duration::from_millis(5), false);
+        {
+            let inner = recorder.inner.lock().unwrap();
+            let (second, histogram) = &inner.per_second[0];
+            assert!(histogram.is_none(), "second 0 is {kept} s old");
+            assert!((second.p50_ms - 50.0).abs() < 1.0, "{second:?}");
+            assert!((second.p99_ms - 99.0).abs() < 1.5, "{second:?}");
+            assert!(inner.per_second[1].1.is_some(), "second 1 is younger");
+        }
+        // A late answer for a reduced second still counts in it.
+        recorder.record(Kind::Payment, at(0), Duration::from_secs(400), true);
+        let m = finish(&recorder, Duration::from_secs(kept), 0, None);
+        assert_eq!(m.series.len(), kept as usize + 1);
+        assert_eq!((m.series[0].payments, m.series[0].errors), (101, 1));
+        assert!((m.series[0].p99_ms - 99.0).abs() < 1.5);
+        assert!((m.series[1].p50_ms - 7.0).abs() < 0.1, "{:?}", m.series[1]);
+        assert!((m.series[kept as usize].p50_ms - 5.0).abs() < 0.1);
+        assert_eq!(m.payments, 103);
     }
 
     #[test]
