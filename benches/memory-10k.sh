@@ -25,6 +25,9 @@ sleep 1.5
     awk '/VmRSS/ {print $2}' "/proc/$server/status"; sleep 0.2
   done ) > "$dir/rss" &
 sampler=$!
-RIALTO_API_KEY=$key "$bin" sim --scenario memory-10k --target http://127.0.0.1:18080 --quiet \
-  | grep -E '^(payments|throughput|latency)'
+if ! RIALTO_API_KEY=$key "$bin" sim --scenario memory-10k --target http://127.0.0.1:18080 \
+  --quiet 2>"$dir/sim.err" | grep -E '^(payments|throughput|latency)'; then
+  cat "$dir/sim.err" >&2
+  exit 1
+fi
 echo "peak server RSS: $(sort -n "$dir/rss" | tail -1 | awk '{printf "%.0f MB", $1/1024}')"

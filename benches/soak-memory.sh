@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Does `rialto serve` hold its memory under sustained load? Starts the server alone with one
+# 1 ms simulated PSP, drives it open-loop at a fixed rate with `rialto sim --target` from its
+# own process, and prints the server's resident memory every 10 s. With nothing growing
+# without bound, it levels off once the simulated PSP's book is full (250,000 operations).
+#
+# Usage: benches/soak-memory.sh [path/to/rialto] [payments/s] [seconds]
+#        (defaults: target/release/rialto, 4000, 120; after cargo build --release)
+set -euo pipefail
+bin=${1:-target/release/rialto}
+rate=${2:-4000}
+seconds=${3:-120}
+dir=$(mktemp -d)
+trap 'kill "$server" "$sampler" 2>/dev/null || true; rm -rf "$dir"' EXIT
+psp='
+[[psp]]
+id = "fast"
+latency = { kind = "fixed", ms = 1 }
+'
+echo "$psp" | sed 's/^latency/kind = "sim"\nlatency/' > "$dir/rialto.toml"
+cat > "$dir/scenario.toml" <<TOML
+name = "soak-memory"
+description = "A steady open-loop load, to watch the server's memory."
+
+[load]
+mode = "open"
+rate_per_s = $rate
+hold_ms = $((seconds * 1000))
+
+[mix]
+currency = "USD"
+$psp
+TOML
+key=$("$bin" merchant create --name soak --rate-per-min 0 --data-dir "$dir/data" 2>/dev/null)
+"$bin" serve --config "$dir/rialto.toml" --data-dir "$dir/data" \
+  --listen 127.0.0.1:18082 --ops-listen 127.0.0.1:19466 >/dev/null 2>&1 &
+server=$!
+for _ in $(seq 50); do
+  curl -sf 127.0.0.1:19466/healthz >/dev/null 2>&1 && break
+  sleep 0.1
+done
+( start=$(date +%s)
+  while kill -0 "$server" 2>/dev/null; do
+    sleep 10
+    echo "t=$(($(date +%s) - start)) s  server RSS $(awk '/VmRSS/ {printf "%.0f MB", $2/1024}' "/proc/$server/status")"
+  done ) &
+sampler=$!
+if ! RIALTO_API_KEY=$key "$bin" sim --scenario-file "$dir/scenario.toml" \
+  --target http://127.0.0.1:18082 --quiet 2>"$dir/sim.err" \
+  | grep -E '^(payments|throughput|success|latency)'; then
+  cat "$dir/sim.err" >&2
+  exit 1
+fi
+echo "after the load: server RSS $(awk '/VmRSS/ {printf "%.0f MB", $2/1024}' "/proc/$server/status")"
