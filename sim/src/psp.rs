@@ -232,11 +232,16 @@ impl<V: Clone> Book<V> {
         }
     }
 
+    /// Whether a key first seen at `seen` is still remembered at `now`.
+    fn kept(&self, seen: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(seen) < self.retention
+    }
+
     fn get(&self, key: &str) -> Option<V> {
         let entry = self.entries.get(key)?;
         let (seen, value) = entry.value();
         // Past its retention a key is forgotten, even before the next insert drops it.
-        (seen.elapsed() < self.retention).then(|| value.clone())
+        self.kept(*seen, Instant::now()).then(|| value.clone())
     }
 
     /// Remembers `value` for `key` unless the key is already known; returns what was known.
@@ -247,9 +252,7 @@ impl<V: Clone> Book<V> {
             // The shard's lock is released before `order`'s is taken: `forget` takes them
             // the other way round.
             match self.entries.entry(key.clone()) {
-                dashmap::Entry::Occupied(known)
-                    if now.saturating_duration_since(known.get().0) < self.retention =>
-                {
+                dashmap::Entry::Occupied(known) if self.kept(known.get().0, now) => {
                     return Some(known.get().1.clone());
                 }
                 // Forgotten (expired, not yet dropped): the key starts afresh.
@@ -269,8 +272,7 @@ impl<V: Clone> Book<V> {
 
     fn forget(&self, order: &mut VecDeque<(Instant, Arc<str>)>, now: Instant) {
         while let Some((seen, _)) = order.front() {
-            let expired = now.saturating_duration_since(*seen) >= self.retention;
-            if !expired && order.len() <= self.records_max {
+            if self.kept(*seen, now) && order.len() <= self.records_max {
                 break;
             }
             if let Some((seen, key)) = order.pop_front() {
