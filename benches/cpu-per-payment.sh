@@ -48,20 +48,13 @@ $shape
 currency = "USD"
 $psps
 TOML
-key=$("$bin" merchant create --name cpu --rate-per-min 0 --data-dir "$dir/data" 2>/dev/null)
-"$bin" serve --config "$dir/rialto.toml" --data-dir "$dir/data" \
-  --listen 127.0.0.1:18081 --ops-listen 127.0.0.1:19465 >/dev/null 2>&1 &
-server=$!
-for _ in $(seq 50); do
-  curl -sf 127.0.0.1:19465/healthz >/dev/null 2>&1 && break
-  sleep 0.1
-done
+source "$(dirname "$0")/serve-alone.sh"
+start_server cpu 18081 19465
 writer=$(dirname "$(grep -l '^rialto-store-wr' /proc/$server/task/*/comm | head -1)")
 ticks() { awk '{print $14 + $15}' "$1"; } # utime + stime
 written() { awk '/^write_bytes/ {print $2}' /proc/$server/io; }
 w0=$(ticks "$writer/stat"); s0=$(ticks /proc/$server/stat); b0=$(written)
-RIALTO_API_KEY=$key "$bin" sim --scenario-file "$dir/scenario.toml" \
-  --target http://127.0.0.1:18081 --quiet 2>&1 | grep -E '^(throughput|latency)'
+drive 18081 '^(throughput|latency)' --scenario-file "$dir/scenario.toml"
 w1=$(ticks "$writer/stat"); s1=$(ticks /proc/$server/stat); b1=$(written)
 commits=$(curl -s 127.0.0.1:19465/metrics | awk '/^rialto_store_batch_size_sum/ {print $2}')
 batches=$(curl -s 127.0.0.1:19465/metrics | awk '/^rialto_store_batch_size_count/ {print $2}')

@@ -16,18 +16,11 @@ id = "slow"
 kind = "sim"
 latency = { kind = "fixed", ms = 2500 }
 TOML
-key=$("$bin" merchant create --name memory --rate-per-min 0 --data-dir "$dir/data" 2>/dev/null)
-"$bin" serve --config "$dir/rialto.toml" --data-dir "$dir/data" \
-  --listen 127.0.0.1:18080 --ops-listen 127.0.0.1:19464 >/dev/null 2>&1 &
-server=$!
-sleep 1.5
+source "$(dirname "$0")/serve-alone.sh"
+start_server memory 18080 19464
 ( while kill -0 "$server" 2>/dev/null; do
     awk '/VmRSS/ {print $2}' "/proc/$server/status"; sleep 0.2
   done ) > "$dir/rss" &
 sampler=$!
-if ! RIALTO_API_KEY=$key "$bin" sim --scenario memory-10k --target http://127.0.0.1:18080 \
-  --quiet 2>"$dir/sim.err" | grep -E '^(payments|throughput|latency)'; then
-  cat "$dir/sim.err" >&2
-  exit 1
-fi
+drive 18080 '^(payments|throughput|latency)' --scenario memory-10k
 echo "peak server RSS: $(sort -n "$dir/rss" | tail -1 | awk '{printf "%.0f MB", $1/1024}')"

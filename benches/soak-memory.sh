@@ -31,24 +31,13 @@ hold_ms = $((seconds * 1000))
 currency = "USD"
 $psp
 TOML
-key=$("$bin" merchant create --name soak --rate-per-min 0 --data-dir "$dir/data" 2>/dev/null)
-"$bin" serve --config "$dir/rialto.toml" --data-dir "$dir/data" \
-  --listen 127.0.0.1:18082 --ops-listen 127.0.0.1:19466 >/dev/null 2>&1 &
-server=$!
-for _ in $(seq 50); do
-  curl -sf 127.0.0.1:19466/healthz >/dev/null 2>&1 && break
-  sleep 0.1
-done
+source "$(dirname "$0")/serve-alone.sh"
+start_server soak 18082 19466
 ( start=$(date +%s)
   while kill -0 "$server" 2>/dev/null; do
     sleep 10
     echo "t=$(($(date +%s) - start)) s  server RSS $(awk '/VmRSS/ {printf "%.0f MB", $2/1024}' "/proc/$server/status")"
   done ) &
 sampler=$!
-if ! RIALTO_API_KEY=$key "$bin" sim --scenario-file "$dir/scenario.toml" \
-  --target http://127.0.0.1:18082 --quiet 2>"$dir/sim.err" \
-  | grep -E '^(payments|throughput|success|latency)'; then
-  cat "$dir/sim.err" >&2
-  exit 1
-fi
+drive 18082 '^(payments|throughput|success|latency)' --scenario-file "$dir/scenario.toml"
 echo "after the load: server RSS $(awk '/VmRSS/ {printf "%.0f MB", $2/1024}' "/proc/$server/status")"
