@@ -236,16 +236,12 @@ impl Recorder {
             return;
         }
         inner.open.remove(id);
-        let by_status = match inner.settled.get_mut(psp) {
-            Some(by_status) => by_status,
-            None => inner.settled.entry(psp.to_string()).or_default(),
-        };
-        match by_status.get_mut(status) {
-            Some(n) => *n += 1,
-            None => {
-                by_status.insert(status.to_string(), 1);
-            }
-        }
+        *inner
+            .settled
+            .entry(psp.to_string())
+            .or_default()
+            .entry(status.to_string())
+            .or_default() += 1;
     }
 
     fn failure(&self, what: String) {
