@@ -106,6 +106,14 @@ fn seed_profile_has_its_mix_of_captures_refunds_and_declines() {
     assert!(count(&r, "captured") > payments / 2);
     assert!(count(&r, "partially_refunded") > 0, "refunds in the mix");
     assert!(count(&r, "declined") > 0, "declines in the mix");
+    // A third of payments are read back (`lookup_pct = 35`), and each read of a settled
+    // payment shows what its last answer said.
+    let reads = r["reads"].as_u64().unwrap();
+    assert!(
+        reads > payments / 4 && reads < payments / 2,
+        "{reads} reads of {payments} payments"
+    );
+    assert_eq!(r["stale_reads"], 0, "{}", r["outcomes"]);
     assert!(
         r["success_rate"].as_f64().unwrap() >= 0.99,
         "{}",

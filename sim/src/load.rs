@@ -84,6 +84,10 @@ pub struct Measurements {
     pub by_psp_latency_us: BTreeMap<String, Histogram<u64>>,
     pub series: Vec<Second>,
     pub dropped_arrivals: u64,
+    /// Payments read back (`mix.lookup_pct`).
+    pub reads: u64,
+    /// Reads that showed a settled payment in another status than the client's last answer.
+    pub stale_reads: u64,
     pub unresolved_after_settle: u64,
     pub peak_rss_mb: Option<f64>,
 }
@@ -162,11 +166,14 @@ struct Recorder {
     payments: AtomicU64,
     errors: AtomicU64,
     dropped: AtomicU64,
+    reads: AtomicU64,
+    stale_reads: AtomicU64,
 }
 
 enum Kind {
     Payment,
     Follow,
+    Read,
 }
 
 impl Recorder {
@@ -182,6 +189,8 @@ impl Recorder {
             payments: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            stale_reads: AtomicU64::new(0),
         }
     }
 
@@ -206,6 +215,9 @@ impl Recorder {
         let slot = &mut inner.per_second[second];
         slot.0.requests += 1;
         slot.0.errors += u64::from(error);
+        if let Kind::Read = kind {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+        }
         if let Kind::Payment = kind {
             self.payments.fetch_add(1, Ordering::Relaxed);
             slot.0.payments += 1;
@@ -410,6 +422,8 @@ impl Worker {
             ..
         } = payment;
         self.recorder.psp_latency(&psp, took);
+        // Whether `last` is certain to be the payment's status once the client's requests end.
+        let mut sure = true;
         let follow = match (flow, last.as_str()) {
             (Flow::Manual, "authorized") => Some((format!("/v1/payments/{id}/capture"), json!({}))),
             (Flow::Refund, "captured") => Some((
@@ -436,10 +450,52 @@ impl Worker {
                     }
                     .to_string();
                 }
-                _ => {}
+                // What the second request did is not known (it failed, or is still pending).
+                _ => sure = false,
+            }
+        }
+        if self.mix.lookup_pct > 0 && rng.between(0, 99) < u64::from(self.mix.lookup_pct) {
+            let expected = (sure && settled(&last)).then_some(last.as_str());
+            if let Some(read) = self.look_up(&id, expected).await {
+                last = read;
             }
         }
         self.recorder.payment(&id, &psp, &last);
+    }
+
+    /// Reads a payment back, as a checkout page confirming its result does, and returns the
+    /// status it shows. Where the client's last answer was settled (`expected`), the read must
+    /// show the same: an answer is only given once what it says is durable.
+    async fn look_up(&self, id: &str, expected: Option<&str>) -> Option<String> {
+        let started = Instant::now();
+        let response = self
+            .client
+            .get(format!("{}/v1/payments/{id}", self.target.base_url))
+            .bearer_auth(&self.target.api_key)
+            .send()
+            .await;
+        let read = match response {
+            Ok(r) if r.status() == reqwest::StatusCode::OK => r
+                .json::<Answer>()
+                .await
+                .ok()
+                .filter(|a| !a.status.is_empty()),
+            _ => None,
+        };
+        let stale = match (&read, expected) {
+            (Some(a), Some(seen)) => a.status != seen,
+            _ => false,
+        };
+        if stale {
+            self.recorder.stale_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        self.recorder.record(
+            Kind::Read,
+            started,
+            started.elapsed(),
+            read.is_none() || stale,
+        );
+        read.map(|a| a.status)
     }
 }
 
@@ -657,6 +713,8 @@ fn finish(
         by_psp_latency_us: std::mem::take(&mut inner.by_psp_latency),
         series,
         dropped_arrivals: recorder.dropped.load(Ordering::Relaxed),
+        reads: recorder.reads.load(Ordering::Relaxed),
+        stale_reads: recorder.stale_reads.load(Ordering::Relaxed),
         unresolved_after_settle: unresolved,
         peak_rss_mb,
     }

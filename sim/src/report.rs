@@ -79,6 +79,8 @@ pub fn build(scenario: &Scenario, scale: f64, m: &Measurements, extras: &Extras)
         "breaker_transitions": extras.breaker_transitions,
         "ledger_balanced": extras.ledger_balanced,
         "dropped_arrivals": m.dropped_arrivals,
+        "reads": m.reads,
+        "stale_reads": m.stale_reads,
         "unresolved_after_settle": m.unresolved_after_settle,
         "peak_rss_mb": m.peak_rss_mb.map(round2),
         "series": m.series.iter().enumerate().map(|(t, s)| json!({
@@ -151,6 +153,13 @@ pub fn summary(r: &Value) -> String {
     let _ = writeln!(out, "breaker changes  {transitions}");
     if let Some(rss) = r["peak_rss_mb"].as_f64() {
         let _ = writeln!(out, "peak RSS         {rss:.1} MB");
+    }
+    if r["reads"].as_u64().unwrap_or(0) > 0 {
+        let _ = writeln!(
+            out,
+            "reads            {}  ({} stale)",
+            r["reads"], r["stale_reads"]
+        );
     }
     if r["dropped_arrivals"].as_u64().unwrap_or(0) > 0 {
         let _ = writeln!(out, "dropped arrivals {}", r["dropped_arrivals"]);

@@ -75,6 +75,9 @@ pub struct MixSpec {
     pub timeout_pct: u32,
     /// `pm_card_…`: the outcome is drawn from the PSP's configured rates.
     pub card_pct: u32,
+    /// Independent of the shares above: payments read back with `GET /v1/payments/{id}` after
+    /// their last request, as a checkout page confirming its result does.
+    pub lookup_pct: u32,
     pub currency: String,
     pub amount_min: i64,
     pub amount_max: i64,
@@ -88,6 +91,7 @@ impl Default for MixSpec {
             decline_pct: 0,
             timeout_pct: 0,
             card_pct: 0,
+            lookup_pct: 0,
             currency: "USD".into(),
             amount_min: 100,
             amount_max: 50_000,
@@ -163,6 +167,9 @@ impl Scenario {
         if total > 100 {
             return Err(format!("the mix adds up to {total}%"));
         }
+        if m.lookup_pct > 100 {
+            return Err(format!("lookup_pct is {}%", m.lookup_pct));
+        }
         if m.amount_min <= 0 || m.amount_max < m.amount_min {
             return Err("amounts must satisfy 0 < amount_min <= amount_max".into());
         }
@@ -215,8 +222,11 @@ mod tests {
         let mut bad = base.clone();
         bad.load.vus = 0;
         assert!(bad.validate().is_err());
-        let mut bad = base;
+        let mut bad = base.clone();
         bad.load.think_min_ms = 10;
+        assert!(bad.validate().is_err());
+        let mut bad = base;
+        bad.mix.lookup_pct = 101;
         assert!(bad.validate().is_err());
     }
 }
