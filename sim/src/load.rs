@@ -468,20 +468,7 @@ impl Worker {
     /// show the same: an answer is only given once what it says is durable.
     async fn look_up(&self, id: &str, expected: Option<&str>) -> Option<String> {
         let started = Instant::now();
-        let response = self
-            .client
-            .get(format!("{}/v1/payments/{id}", self.target.base_url))
-            .bearer_auth(&self.target.api_key)
-            .send()
-            .await;
-        let read = match response {
-            Ok(r) if r.status() == reqwest::StatusCode::OK => r
-                .json::<Answer>()
-                .await
-                .ok()
-                .filter(|a| !a.status.is_empty()),
-            _ => None,
-        };
+        let read = read_payment(&self.client, &self.target, id).await;
         let stale = match (&read, expected) {
             (Some(a), Some(seen)) => a.status != seen,
             _ => false,
@@ -641,6 +628,19 @@ pub async fn run(
     Ok(finish(&recorder, duration, unresolved, peak_rss_mb))
 }
 
+/// `GET /v1/payments/{id}`: the payment, if it could be read.
+async fn read_payment(client: &reqwest::Client, target: &Target, id: &str) -> Option<Answer> {
+    let response = client
+        .get(format!("{}/v1/payments/{id}", target.base_url))
+        .bearer_auth(&target.api_key)
+        .send()
+        .await
+        .ok()
+        .filter(|r| r.status() == reqwest::StatusCode::OK)?;
+    let p = response.json::<Answer>().await.ok()?;
+    (!p.status.is_empty() && !p.psp.is_empty()).then_some(p)
+}
+
 /// Polls payments that were still in flight at the end until they settle (or time runs out).
 async fn settle(
     client: &reqwest::Client,
@@ -658,16 +658,7 @@ async fn settle(
             return open.len() as u64;
         }
         for id in open {
-            let response = client
-                .get(format!("{}/v1/payments/{id}", target.base_url))
-                .bearer_auth(&target.api_key)
-                .send()
-                .await;
-            if let Ok(r) = response
-                && let Ok(p) = r.json::<Answer>().await
-                && !p.status.is_empty()
-                && !p.psp.is_empty()
-            {
+            if let Some(p) = read_payment(client, target, &id).await {
                 recorder.payment(&id, &p.psp, &p.status);
             }
         }
