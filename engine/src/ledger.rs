@@ -3,7 +3,7 @@
 //! positive, credits negative. [`Audit`] re-checks every invariant over stored entries and
 //! payments, for `rialto ledger check` and for the tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use crate::limits::FEE_BPS_MAX;
@@ -160,16 +160,16 @@ impl Balances {
     }
 }
 
-/// Verifies the whole ledger against the payments it came from. Feed it every entry, every
-/// stored balance and every payment, then read [`Audit::problems`].
+/// Verifies the whole ledger against the payments it came from, holding one entry per account
+/// and currency, however many payments there are. Feed it every entry (`entry`), every
+/// stored balance (`stored_balance`), every payment with the entries filed under it
+/// (`payment`) and every entry that no payment's entries included (`orphan`), then read
+/// [`Audit::problems`].
 #[derive(Debug, Default)]
 pub struct Audit {
     recomputed: Balances,
     /// Recomputed balances the store has shown us, to catch any it lacks.
-    balances_seen: std::collections::HashSet<(Account, Currency)>,
-    entries_seen: HashMap<String, ()>,
-    /// payment id → (captured postings to PSP clearing, refunded postings), from the entries.
-    by_payment: HashMap<String, (i64, i64)>,
+    balances_seen: HashSet<(Account, Currency)>,
     problems: Vec<String>,
     pub entries: u64,
     pub postings: u64,
@@ -177,28 +177,13 @@ pub struct Audit {
 }
 
 impl Audit {
+    /// An entry, for the balances: each must balance, and together they must give the stored
+    /// balances.
     pub fn entry(&mut self, entry: &JournalEntry) {
         self.entries += 1;
         self.postings += entry.postings.len() as u64;
-        if self.entries_seen.insert(entry.id.clone(), ()).is_some() {
-            self.problems
-                .push(format!("entry {} posted twice", entry.id));
-        }
         if let Err(e) = self.recomputed.post(entry) {
             self.problems.push(e.to_string());
-            return;
-        }
-        let clearing: i64 = entry
-            .postings
-            .iter()
-            .filter(|p| matches!(p.account, Account::PspClearing(_)))
-            .map(|p| p.amount_minor)
-            .sum();
-        let slot = self.by_payment.entry(entry.payment_id.clone()).or_default();
-        if clearing >= 0 {
-            slot.0 += clearing;
-        } else {
-            slot.1 -= clearing;
         }
     }
 
@@ -218,16 +203,49 @@ impl Audit {
         }
     }
 
-    pub fn payment(&mut self, p: &Payment) {
+    /// A payment and the entries filed under it: what it says it captured and refunded must
+    /// be what they moved through PSP clearing, and no entry may be posted twice.
+    pub fn payment<'e>(
+        &mut self,
+        p: &Payment,
+        entries: impl IntoIterator<Item = &'e JournalEntry>,
+    ) {
         self.payments += 1;
-        let (captured, refunded) = self.by_payment.remove(&p.id).unwrap_or((0, 0));
-        if captured != p.amount_captured_minor {
+        let (mut captured, mut refunded) = (0i128, 0i128);
+        let mut ids: Vec<&str> = Vec::new();
+        for entry in entries {
+            if ids.contains(&entry.id.as_str()) {
+                self.problems
+                    .push(format!("entry {} posted twice", entry.id));
+                continue;
+            }
+            ids.push(&entry.id);
+            if entry.payment_id != p.id {
+                self.problems.push(format!(
+                    "entry {} of payment {} is filed under payment {}",
+                    entry.id, entry.payment_id, p.id
+                ));
+                continue;
+            }
+            let clearing: i128 = entry
+                .postings
+                .iter()
+                .filter(|p| matches!(p.account, Account::PspClearing(_)))
+                .map(|p| i128::from(p.amount_minor))
+                .sum();
+            if clearing >= 0 {
+                captured += clearing;
+            } else {
+                refunded -= clearing;
+            }
+        }
+        if captured != i128::from(p.amount_captured_minor) {
             self.problems.push(format!(
                 "payment {} says captured {}, ledger says {captured}",
                 p.id, p.amount_captured_minor
             ));
         }
-        if refunded != p.amount_refunded_minor {
+        if refunded != i128::from(p.amount_refunded_minor) {
             self.problems.push(format!(
                 "payment {} says refunded {}, ledger says {refunded}",
                 p.id, p.amount_refunded_minor
@@ -243,12 +261,17 @@ impl Audit {
         }
     }
 
+    /// An entry that no payment's entries included: its payment does not exist, or the entry
+    /// is filed apart from it.
+    pub fn orphan(&mut self, entry: &JournalEntry) {
+        self.problems.push(format!(
+            "entry {} references unknown payment {}",
+            entry.id, entry.payment_id
+        ));
+    }
+
     /// Everything wrong with the ledger; empty means it balances.
     pub fn problems(mut self) -> (Vec<String>, BTreeMap<Currency, i128>) {
-        for (payment_id, _) in self.by_payment.drain() {
-            self.problems
-                .push(format!("entries reference unknown payment {payment_id}"));
-        }
         for ((account, currency), balance) in &self.recomputed.by_account {
             if *balance != 0 && !self.balances_seen.contains(&(account.clone(), *currency)) {
                 self.problems.push(format!(
@@ -325,24 +348,57 @@ mod tests {
         }
     }
 
-    #[test]
-    fn audit_catches_a_double_posted_entry() {
-        let entry = JournalEntry::new(
-            "pay_1:capture".into(),
-            "pay_1".into(),
+    fn capture_of(payment_id: &str, amount: i64) -> JournalEntry {
+        JournalEntry::new(
+            format!("{payment_id}:capture"),
+            payment_id.into(),
             vec![
-                Posting::new(Account::PspClearing("a".into()), 10, Currency::Usd),
-                Posting::new(Account::MerchantPayable("m".into()), -10, Currency::Usd),
+                Posting::new(Account::PspClearing("a".into()), amount, Currency::Usd),
+                Posting::new(Account::MerchantPayable("m".into()), -amount, Currency::Usd),
             ],
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A payment of 10 USD that says it captured `captured`.
+    fn payment_that_captured(id: &str, captured: i64) -> Payment {
+        let new = crate::NewPayment {
+            id: id.into(),
+            merchant_id: "m".into(),
+            amount: crate::Money::new(10, Currency::Usd),
+            payment_method: "pm_sim_approve".into(),
+            capture_method: crate::CaptureMethod::Automatic,
+            merchant_reference: None,
+            description: None,
+            metadata: vec![],
+            psp: "a".into(),
+            fee_bps: 0,
+            authorization_ttl_ms: 10_000,
+        };
+        let (mut p, _) = Payment::create(new, 0).unwrap();
+        p.amount_captured_minor = captured;
+        p
+    }
+
+    #[test]
+    fn audit_checks_each_payment_against_its_own_entries() {
+        let entry = capture_of("pay_1", 10);
         let mut audit = Audit::default();
-        audit.entry(&entry);
-        audit.entry(&entry);
+        audit.payment(&payment_that_captured("pay_1", 10), [&entry]);
+        assert_eq!(audit.problems().0, Vec::<String>::new());
+
+        let mut audit = Audit::default();
+        audit.payment(&payment_that_captured("pay_1", 10), [&entry, &entry]);
+        audit.payment(&payment_that_captured("pay_2", 10), []);
+        audit.payment(&payment_that_captured("pay_3", 0), [&entry]);
         let (problems, _) = audit.problems();
-        assert!(
-            problems.iter().any(|p| p.contains("posted twice")),
-            "{problems:?}"
+        assert_eq!(
+            problems,
+            [
+                "entry pay_1:capture of payment pay_1 is filed under payment pay_3",
+                "entry pay_1:capture posted twice",
+                "payment pay_2 says captured 10, ledger says 0",
+            ]
         );
     }
 
@@ -359,6 +415,7 @@ mod tests {
         .unwrap();
         let mut audit = Audit::default();
         audit.entry(&entry);
+        audit.orphan(&entry);
         audit.stored_balance(&Account::PspClearing("a".into()), Currency::Usd, 11);
         let (problems, _) = audit.problems();
         assert_eq!(problems.len(), 3, "{problems:?}");

@@ -158,7 +158,7 @@ proptest! {
         let mut audit = Audit::default();
         for e in &entries { audit.entry(e); }
         for ((account, currency), b) in &balances.by_account { audit.stored_balance(account, *currency, *b); }
-        audit.payment(&p);
+        audit.payment(&p, &entries);
         let (problems, _) = audit.problems();
         prop_assert!(problems.is_empty(), "{:?}", problems);
     }

@@ -787,13 +787,30 @@ impl Store for RedbStore {
     }
 
     async fn ledger_check(&self) -> Result<LedgerReport, StoreError> {
-        // One read transaction: the audit sees a single consistent snapshot.
+        // One read transaction: the audit sees a single consistent snapshot. Nothing is held
+        // per payment: each payment's entries are found under its id, since an entry's id
+        // starts with its payment's (`pay_…:capture`, `pay_…:refund:…`).
         let txn = self.read()?;
+        let entries = txn.open_table(ENTRIES).map_err(io)?;
+        let payments = txn.open_table(PAYMENTS).map_err(io)?;
+        let decode_entry = |k: &str, v: &[u8]| rows::decode::<EntryRow>(v)?.into_entry(k.into());
         let mut audit = Audit::default();
-        for kv in txn.open_table(ENTRIES).map_err(io)?.iter().map_err(io)? {
+        for kv in entries.iter().map_err(io)? {
             let (k, v) = kv.map_err(io)?;
-            let entry = rows::decode::<EntryRow>(v.value())?.into_entry(k.value().to_string())?;
+            let entry = decode_entry(k.value(), v.value())?;
             audit.entry(&entry);
+            let filed = entry
+                .id
+                .strip_prefix(entry.payment_id.as_str())
+                .is_some_and(|rest| rest.starts_with(':'));
+            if !filed
+                || payments
+                    .get(entry.payment_id.as_str())
+                    .map_err(io)?
+                    .is_none()
+            {
+                audit.orphan(&entry);
+            }
         }
         for kv in txn.open_table(BALANCES).map_err(io)?.iter().map_err(io)? {
             let (k, v) = kv.map_err(io)?;
@@ -802,9 +819,19 @@ impl Store for RedbStore {
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown account {account}")))?;
             audit.stored_balance(&parsed, rows::currency(currency)?, v.value());
         }
-        for kv in txn.open_table(PAYMENTS).map_err(io)?.iter().map_err(io)? {
+        for kv in payments.iter().map_err(io)? {
             let (_, v) = kv.map_err(io)?;
-            audit.payment(&decode_payment(v.value())?);
+            let p = decode_payment(v.value())?;
+            let prefix = format!("{}:", p.id);
+            let mut own = Vec::new();
+            for kv in entries.range(prefix.as_str()..).map_err(io)? {
+                let (k, v) = kv.map_err(io)?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                own.push(decode_entry(k.value(), v.value())?);
+            }
+            audit.payment(&p, &own);
         }
         let (entries, postings, payments) = (audit.entries, audit.postings, audit.payments);
         let (problems, totals) = audit.problems();

@@ -275,3 +275,48 @@ async fn concurrent_commits_are_all_durable_after_reopen() {
     assert_eq!(store.merchant_count().await.unwrap(), 1);
     store.health().await.unwrap();
 }
+
+/// The audit finds each payment's entries under its id: an entry whose payment is gone, or
+/// that is filed apart from its payment, is reported, and so is the payment left without it.
+#[tokio::test]
+async fn the_ledger_check_reports_entries_without_their_payment() {
+    const ENTRIES: redb::TableDefinition<&str, &[u8]> =
+        redb::TableDefinition::new("journal_entries");
+    const PAYMENTS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("payments");
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+        for id in ["pay_a", "pay_b", "pay_c"] {
+            capture(&store, id).await;
+        }
+        let report = store.ledger_check().await.unwrap();
+        assert!(report.balanced(), "{:?}", report.problems);
+    }
+    {
+        let db = redb::Database::open(dir.path().join("rialto.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut entries = txn.open_table(ENTRIES).unwrap();
+            let row = entries
+                .remove("pay_a:capture")
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec();
+            entries.insert("moved:pay_a", row.as_slice()).unwrap();
+            txn.open_table(PAYMENTS).unwrap().remove("pay_b").unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = RedbStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let report = store.ledger_check().await.unwrap();
+    assert_eq!((report.payments, report.entries), (2, 3));
+    assert_eq!(
+        report.problems,
+        [
+            "entry moved:pay_a references unknown payment pay_a",
+            "entry pay_b:capture references unknown payment pay_b",
+            "payment pay_a says captured 5000, ledger says 0",
+        ]
+    );
+}
