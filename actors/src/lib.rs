@@ -22,7 +22,7 @@ pub mod txn_supervisor;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -245,6 +245,8 @@ pub struct Deps {
     pub forced_read_only: AtomicBool,
     /// A std lock: held only to clone or swap the address, never across an await.
     transactions: RwLock<Option<ActorRef<TxnMsg>>>,
+    /// Where the next resume sweep goes on: the last payment the previous one resumed.
+    resume_after: Mutex<Option<String>>,
 }
 
 impl Deps {
@@ -350,11 +352,28 @@ impl Deps {
         )?)
     }
 
-    /// Submits a resume job for every payment the store has in flight; busy ones are
-    /// skipped by the transaction supervisor.
+    /// Most jobs one sweep starts of each kind: half of what may run at once, so that a
+    /// backlog (after an outage, or a crash with many payments in flight) leaves the other
+    /// half to merchants, and what a sweep lists stays bounded.
+    fn sweep_jobs_max(&self) -> usize {
+        (self.config.transactions_max / 2).max(1)
+    }
+
+    /// Submits resume jobs for the next payments the store has in flight, at most
+    /// `sweep_jobs_max`, going on after the last one the previous call resumed and starting
+    /// over once it reaches the end. Busy ones are skipped by the transaction supervisor.
     pub async fn resume_in_flight(&self) -> usize {
-        match self.store.in_flight().await {
+        let limit = self.sweep_jobs_max();
+        let after = self
+            .resume_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match self.store.in_flight(after.as_deref(), limit).await {
             Ok(ids) => {
+                // A short page reached the end: the next sweep starts from the beginning.
+                *self.resume_after.lock().unwrap_or_else(|e| e.into_inner()) =
+                    (ids.len() == limit).then(|| ids.last().cloned()).flatten();
                 let n = ids.len();
                 for id in ids {
                     self.submit(Job::internal(id, Command::Resume));
@@ -368,8 +387,14 @@ impl Deps {
         }
     }
 
+    /// Expires the authorizations that ran out first, at most `sweep_jobs_max` a sweep.
     async fn expire_authorizations(&self) {
-        match self.store.authorized_before(self.clock.now_ms()).await {
+        let limit = self.sweep_jobs_max();
+        match self
+            .store
+            .authorized_before(self.clock.now_ms(), limit)
+            .await
+        {
             Ok(ids) => ids
                 .into_iter()
                 .for_each(|id| self.submit(Job::internal(id, Command::Expire))),
@@ -470,6 +495,7 @@ impl RialtoBuilder {
             store_healthy: AtomicBool::new(true),
             forced_read_only: AtomicBool::new(false),
             transactions: RwLock::new(None),
+            resume_after: Mutex::new(None),
         });
         let args = RootArgs {
             deps: deps.clone(),
@@ -677,7 +703,8 @@ impl Rialto {
         self.run(job, done).await
     }
 
-    /// Resumes in-flight payments now (also done at start-up and every sweep).
+    /// Resumes the next page of in-flight payments now, as start-up and every sweep do;
+    /// returns how many it submitted.
     pub async fn resume_in_flight(&self) -> usize {
         self.deps.resume_in_flight().await
     }

@@ -287,14 +287,14 @@ async fn a_restarted_engine_resumes_payments_left_in_flight() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let p = store.payment(&p.id).await.unwrap().unwrap();
     assert_eq!(p.status, Status::Capturing);
-    assert_eq!(store.in_flight().await.unwrap(), vec![p.id.clone()]);
+    assert_eq!(store.in_flight(None, 10).await.unwrap(), vec![p.id.clone()]);
     engine.shutdown().await;
 
     // A new engine (fresh PSPs that remember nothing) finishes it exactly once.
     let engine = start(store.clone(), None).await;
     let done = settled(&store, &p.id).await;
     assert_eq!(done.status, Status::Captured);
-    assert!(store.in_flight().await.unwrap().is_empty());
+    assert!(store.in_flight(None, 10).await.unwrap().is_empty());
     let report = store.ledger_check().await.unwrap();
     assert!(report.balanced(), "{:?}", report.problems);
     assert_eq!(report.entries, 1);
@@ -333,5 +333,52 @@ async fn a_crash_looping_psp_is_marked_down_and_traffic_goes_elsewhere() {
         .unwrap();
     assert_ne!(p.psp, "sim_a", "traffic moved on");
     assert_eq!(p.status, Status::Captured);
+    engine.shutdown().await;
+}
+
+/// A backlog in flight is resumed a page at a time, half of what may run at once, each sweep
+/// going on where the last one stopped; every payment is reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_left_in_flight_are_resumed_a_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let engine = start_with(store.clone(), Some(Arc::new(AlwaysCrash)), 0).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let manual = CreatePayment {
+            capture_method: CaptureMethod::Manual,
+            ..create("pm_sim_approve", "stuck")
+        };
+        let p = engine.create_payment(manual, None).await.unwrap();
+        let stuck = engine.capture("mer_1", &p.id, None, None).await;
+        assert_eq!(stuck, Err(CommandError::Interrupted));
+        ids.push(p.id);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ids.sort();
+    assert_eq!(store.in_flight(None, 10).await.unwrap(), ids);
+    engine.shutdown().await;
+
+    // At most 4 jobs at once: start-up resumes the first 2, each later sweep the next 2.
+    let engine = start_tuned(store.clone(), |b| {
+        b.config.transactions_max = 4;
+        b.config.sweep_interval = Duration::from_secs(3_600);
+    })
+    .await;
+    for (start, end) in [(0, 2), (2, 4), (4, 5)] {
+        for id in &ids[start..end] {
+            assert_eq!(settled(&store, id).await.status, Status::Captured);
+        }
+        // The rest waits for the next sweep, untouched.
+        assert_eq!(store.in_flight(None, 10).await.unwrap(), ids[end..]);
+        assert_eq!(engine.resume_in_flight().await, (ids.len() - end).min(2));
+    }
+    assert!(store.in_flight(None, 10).await.unwrap().is_empty());
+    assert_eq!(
+        engine.resume_in_flight().await,
+        0,
+        "started over, nothing left"
+    );
+    assert!(store.ledger_check().await.unwrap().balanced());
     engine.shutdown().await;
 }

@@ -138,10 +138,17 @@ pub trait Store: Send + Sync + 'static {
         starting_after: Option<&str>,
     ) -> Result<Page, StoreError>;
     async fn events(&self, payment_id: &str) -> Result<Vec<Recorded>, StoreError>;
-    /// Payments with a PSP operation in flight, the ones to resume after a restart.
-    async fn in_flight(&self) -> Result<Vec<String>, StoreError>;
-    /// Authorized payments waiting for a manual capture, for the expiry sweep.
-    async fn authorized_before(&self, expires_at_ms: i64) -> Result<Vec<String>, StoreError>;
+    /// Payments with a PSP operation in flight, the ones to resume after a restart: at most
+    /// `limit`, in id order, after `after` (exclusive) if given.
+    async fn in_flight(&self, after: Option<&str>, limit: usize)
+    -> Result<Vec<String>, StoreError>;
+    /// Authorized payments waiting for a manual capture whose authorization expired before
+    /// `expires_at_ms`: at most `limit`, those that expired first.
+    async fn authorized_before(
+        &self,
+        expires_at_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
     async fn idempotency(
         &self,
         merchant_id: &str,

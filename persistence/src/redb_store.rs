@@ -722,22 +722,34 @@ impl Store for RedbStore {
             .map(|commits| commits.into_iter().flatten().collect())
     }
 
-    async fn in_flight(&self) -> Result<Vec<String>, StoreError> {
+    async fn in_flight(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        use std::ops::Bound;
         let txn = self.read()?;
         let table = txn.open_table(IN_FLIGHT).map_err(io)?;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         table
-            .iter()
+            .range::<&str>((from, Bound::Unbounded))
             .map_err(io)?
+            .take(limit)
             .map(|kv| kv.map(|(k, _)| k.value().to_string()).map_err(io))
             .collect()
     }
 
-    async fn authorized_before(&self, expires_at_ms: i64) -> Result<Vec<String>, StoreError> {
+    async fn authorized_before(
+        &self,
+        expires_at_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(AUTHORIZED).map_err(io)?;
         table
             .range((i64::MIN, "")..(expires_at_ms, ""))
             .map_err(io)?
+            .take(limit)
             .map(|kv| kv.map(|(k, _)| k.value().1.to_string()).map_err(io))
             .collect()
     }

@@ -78,7 +78,7 @@ async fn commits_round_trip_with_events_ledger_and_in_flight_index() {
     let (p, events) = new_payment("pay_a", "mer_a");
     store.commit(commit(p.clone(), events)).await.unwrap();
     assert_eq!(store.payment("pay_a").await.unwrap(), Some(p.clone()));
-    assert_eq!(store.in_flight().await.unwrap(), vec!["pay_a".to_string()]);
+    assert_eq!(store.in_flight(None, 10).await.unwrap(), ["pay_a"]);
 
     let done = capture(&store, "pay_b").await;
     assert_eq!(done.status, Status::Captured);
@@ -101,7 +101,7 @@ async fn commits_round_trip_with_events_ledger_and_in_flight_index() {
     );
     assert!(
         !store
-            .in_flight()
+            .in_flight(None, 10)
             .await
             .unwrap()
             .contains(&"pay_b".to_string())
@@ -112,6 +112,18 @@ async fn commits_round_trip_with_events_ledger_and_in_flight_index() {
     let report = store.ledger_check().await.unwrap();
     assert!(report.balanced(), "{:?}", report.problems);
     assert_eq!((report.entries, report.payments), (1, 2));
+
+    // Paged in id order.
+    for id in ["pay_c", "pay_d", "pay_e"] {
+        let (p, events) = new_payment(id, "mer_a");
+        store.commit(commit(p, events)).await.unwrap();
+    }
+    assert_eq!(store.in_flight(None, 2).await.unwrap(), ["pay_a", "pay_c"]);
+    assert_eq!(
+        store.in_flight(Some("pay_c"), 2).await.unwrap(),
+        ["pay_d", "pay_e"]
+    );
+    assert!(store.in_flight(Some("pay_e"), 2).await.unwrap().is_empty());
 }
 
 #[tokio::test]
