@@ -14,20 +14,9 @@ bin=${1:-target/release/rialto}
 load=${2:-5000}
 dir=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$dir"' EXIT
-psps='
-[[psp]]
-id = "fast_a"
-latency = { kind = "fixed", ms = 1 }
-
-[[psp]]
-id = "fast_b"
-latency = { kind = "fixed", ms = 1 }
-
-[[psp]]
-id = "fast_c"
-latency = { kind = "fixed", ms = 1 }
-'
-echo "$psps" | sed 's/^latency/kind = "sim"\nlatency/' > "$dir/rialto.toml"
+source "$(dirname "$0")/serve-alone.sh"
+psps=$(fast_psps fast_a fast_b fast_c)
+echo "$psps" > "$dir/rialto.toml"
 if [ "$load" = closed ]; then
   shape='mode = "closed"
 vus = 400
@@ -48,7 +37,6 @@ $shape
 currency = "USD"
 $psps
 TOML
-source "$(dirname "$0")/serve-alone.sh"
 start_server cpu 18081 19465
 writer=$(dirname "$(grep -l '^rialto-store-wr' /proc/$server/task/*/comm | head -1)")
 ticks() { awk '{print $14 + $15}' "$1"; } # utime + stime

@@ -10,8 +10,9 @@ bin=${1:-target/release/rialto}
 seconds=${2:-30}
 dir=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$dir"' EXIT
-printf '[[psp]]\nid = "fast_%s"\nkind = "sim"\nlatency = { kind = "fixed", ms = 1 }\n\n' a b c \
-  > "$dir/rialto.toml"
+source "$(dirname "$0")/serve-alone.sh"
+psps=$(fast_psps fast_a fast_b fast_c)
+echo "$psps" > "$dir/rialto.toml"
 cat > "$dir/scenario.toml" <<TOML
 name = "ledger-check"
 description = "Fills a store with captured and refunded payments."
@@ -25,9 +26,8 @@ hold_ms = $((seconds * 1000))
 refund_pct = 20
 currency = "USD"
 
-$(sed 's/^kind = "sim"$//' "$dir/rialto.toml")
+$psps
 TOML
-source "$(dirname "$0")/serve-alone.sh"
 start_server ledger 18083 19467
 drive 18083 '^(payments|throughput)' --scenario-file "$dir/scenario.toml"
 kill "$server"

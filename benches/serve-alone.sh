@@ -1,6 +1,12 @@
 # Shared by the bench scripts that measure `rialto serve` apart from its load generator.
-# Source it after setting `bin` (the rialto binary) and `dir` (a scratch directory holding
-# `rialto.toml`).
+# Source it after setting `bin` (the rialto binary) and `dir` (a scratch directory); the
+# server reads its config from "$dir/rialto.toml".
+
+# fast_psps ID...: a `[[psp]]` table for each id, a simulated PSP answering in 1 ms. The same
+# text serves the server's config and a scenario file (`kind` defaults to "sim" in both).
+fast_psps() {
+  printf '[[psp]]\nid = "%s"\nlatency = { kind = "fixed", ms = 1 }\n\n' "$@"
+}
 
 # start_server NAME API_PORT OPS_PORT: creates merchant NAME (no rate limit) in "$dir/data",
 # starts the server on loopback and waits until it answers. Sets `key` and `server` (its pid).

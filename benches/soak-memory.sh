@@ -12,12 +12,9 @@ rate=${2:-4000}
 seconds=${3:-120}
 dir=$(mktemp -d)
 trap 'kill "$server" "$sampler" 2>/dev/null || true; rm -rf "$dir"' EXIT
-psp='
-[[psp]]
-id = "fast"
-latency = { kind = "fixed", ms = 1 }
-'
-echo "$psp" | sed 's/^latency/kind = "sim"\nlatency/' > "$dir/rialto.toml"
+source "$(dirname "$0")/serve-alone.sh"
+psp=$(fast_psps fast)
+echo "$psp" > "$dir/rialto.toml"
 cat > "$dir/scenario.toml" <<TOML
 name = "soak-memory"
 description = "A steady open-loop load, to watch the server's memory."
@@ -31,7 +28,6 @@ hold_ms = $((seconds * 1000))
 currency = "USD"
 $psp
 TOML
-source "$(dirname "$0")/serve-alone.sh"
 start_server soak 18082 19466
 ( start=$(date +%s)
   while kill -0 "$server" 2>/dev/null; do
