@@ -139,6 +139,15 @@ fn finalize((second, histogram): &mut (Second, Option<Histogram<u64>>)) {
     }
 }
 
+/// Counts one payment in `status` at `psp`.
+fn tally(by_psp: &mut BTreeMap<String, BTreeMap<String, u64>>, psp: &str, status: &str) {
+    *by_psp
+        .entry(psp.to_string())
+        .or_default()
+        .entry(status.to_string())
+        .or_default() += 1;
+}
+
 fn settled(status: &str) -> bool {
     !matches!(status, "unknown" | "authorizing" | "capturing" | "created")
 }
@@ -215,16 +224,19 @@ impl Recorder {
         let slot = &mut inner.per_second[second];
         slot.0.requests += 1;
         slot.0.errors += u64::from(error);
-        if let Kind::Read = kind {
-            self.reads.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Kind::Payment = kind {
-            self.payments.fetch_add(1, Ordering::Relaxed);
-            slot.0.payments += 1;
-            if let Some(h) = slot.1.as_mut() {
-                let _ = h.record(us); // Clamped into range above.
+        match kind {
+            Kind::Payment => {
+                self.payments.fetch_add(1, Ordering::Relaxed);
+                slot.0.payments += 1;
+                if let Some(h) = slot.1.as_mut() {
+                    let _ = h.record(us); // Clamped into range above.
+                }
+                let _ = inner.latency_us.as_mut().map(|h| h.record(us));
             }
-            let _ = inner.latency_us.as_mut().map(|h| h.record(us));
+            Kind::Read => {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+            }
+            Kind::Follow => {}
         }
     }
 
@@ -248,12 +260,7 @@ impl Recorder {
             return;
         }
         inner.open.remove(id);
-        *inner
-            .settled
-            .entry(psp.to_string())
-            .or_default()
-            .entry(status.to_string())
-            .or_default() += 1;
+        tally(&mut inner.settled, psp, status);
     }
 
     fn failure(&self, what: String) {
@@ -675,11 +682,7 @@ fn finish(
     let mut inner = recorder.inner.lock().unwrap_or_else(|e| e.into_inner());
     let mut by_psp = std::mem::take(&mut inner.settled);
     for (psp, status) in inner.open.values() {
-        *by_psp
-            .entry(psp.clone())
-            .or_default()
-            .entry(status.clone())
-            .or_default() += 1;
+        tally(&mut by_psp, psp, status);
     }
     let mut outcomes: BTreeMap<String, u64> = inner.failures.clone();
     for (status, n) in by_psp.values().flatten() {
