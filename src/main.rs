@@ -440,6 +440,11 @@ async fn simulate(
         extras.baseline = Some(load::run(&scenario, &target, &trivial).await?);
     }
     eprintln!("running scenario {}", scenario.name);
+    if let Some(running) = &local {
+        // The scenario's incidents are timed from the start of the load it measures.
+        running.sims.iter().for_each(|s| s.start_schedule());
+        extras.incidents = report::incidents(&scenario, options.scale);
+    }
     let started_ms = SystemClock.now_ms();
     let measured = load::run(&scenario, &target, &options).await?;
     if let Some(running) = local {

@@ -16,6 +16,10 @@ use common::BIN;
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn run(scenario: &str, dir: &Path) -> Value {
+    run_with(scenario, dir, &[])
+}
+
+fn run_with(scenario: &str, dir: &Path, extra: &[&str]) -> Value {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(BIN)
         .args([
@@ -28,6 +32,7 @@ fn run(scenario: &str, dir: &Path) -> Value {
             "--report",
         ])
         .arg(dir)
+        .args(extra)
         .env("RUST_LOG", "error")
         .output()
         .expect("run rialto sim");
@@ -51,6 +56,7 @@ fn run(scenario: &str, dir: &Path) -> Value {
         "outcomes",
         "psps",
         "breaker_transitions",
+        "incidents",
         "ledger_balanced",
         "series",
     ] {
@@ -189,10 +195,17 @@ fn drop_1pct_resolves_every_dropped_call_by_status_query() {
     );
 }
 
+/// With `--baseline`, which runs the same load at `/ping` first: the outage still falls in
+/// the measured run, 30 s (scaled) after its start, not in the baseline phase.
 #[test]
 fn psp_outage_fails_over_and_the_primary_comes_back() {
     let dir = tempfile::tempdir().unwrap();
-    let r = run("psp-outage", dir.path());
+    let r = run_with("psp-outage", dir.path(), &["--baseline"]);
+    assert!(r["ratio_to_baseline"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        r["incidents"],
+        serde_json::json!([{"psp": "psp_primary", "kind": "outage", "start_s": 0.6, "end_s": 1.2}])
+    );
     assert!(psp_calls(&r, "refused_down") > 0, "the outage happened");
     assert!(
         r["success_rate"].as_f64().unwrap() >= 0.99,
@@ -213,6 +226,16 @@ fn psp_outage_fails_over_and_the_primary_comes_back() {
         opened_then_closed(&r, "psp_primary"),
         "{:?}",
         transitions(&r)
+    );
+    let opened = r["breaker_transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["to"] == "open")
+        .unwrap();
+    assert!(
+        opened["t_s"].as_f64().unwrap() >= 0.6,
+        "opened by the outage, on the run's clock: {opened}"
     );
 }
 

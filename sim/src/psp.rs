@@ -335,7 +335,10 @@ pub struct SimPsp {
     /// Keys that already had their one soft failure: soft failures are transient, so the
     /// same request succeeds when sent again.
     soft_failed: Book<()>,
-    started: Instant,
+    created: Instant,
+    /// When the incident schedule's clock started, in nanoseconds after `created`: at
+    /// creation, or at the last `start_schedule`.
+    schedule_origin_ns: AtomicU64,
     pub stats: SimStats,
 }
 
@@ -356,7 +359,8 @@ impl SimPsp {
             book: Book::new(config.retention, config.records_max),
             soft_failed: Book::new(config.retention, config.records_max),
             config,
-            started: Instant::now(),
+            created: Instant::now(),
+            schedule_origin_ns: AtomicU64::new(0),
             stats: SimStats::default(),
         }
     }
@@ -365,8 +369,22 @@ impl SimPsp {
         &self.config
     }
 
+    /// Starts the incident schedule over from now. A PSP's schedule runs from its creation
+    /// unless this is called: `rialto sim` calls it as the measured load starts, so that an
+    /// incident falls where the scenario puts it whatever ran before (the `--baseline` phase,
+    /// start-up).
+    pub fn start_schedule(&self) {
+        let now = self.created.elapsed().as_nanos();
+        self.schedule_origin_ns
+            .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
     fn now(&self) -> Conditions {
-        conditions(&self.config.incidents, self.started.elapsed())
+        let origin = Duration::from_nanos(self.schedule_origin_ns.load(Ordering::Relaxed));
+        conditions(
+            &self.config.incidents,
+            self.created.elapsed().saturating_sub(origin),
+        )
     }
 
     /// A uniform value in `0..1_000_000` per (seed, key, what).
@@ -939,5 +957,34 @@ mod tests {
             OperationStatus::Succeeded { .. }
         ));
         assert_eq!(psp.stats.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    /// `rialto sim --baseline` runs a phase before the measured one; the schedule must start
+    /// over with the measured phase, or the incidents happen while nobody pays.
+    #[tokio::test(start_paused = true)]
+    async fn the_incident_schedule_starts_over_when_told() {
+        let psp = SimPsp::new(SimConfig {
+            incidents: vec![Incident {
+                kind: IncidentKind::Outage,
+                start: Duration::from_secs(10),
+                end: Duration::from_secs(20),
+            }],
+            ..fast("later")
+        });
+        let refused = |psp: &SimPsp| psp.stats.refused_down.load(Ordering::Relaxed);
+        tokio::time::advance(Duration::from_secs(25)).await;
+        psp.authorize(&req("a", "pm_sim_approve")).await;
+        assert_eq!(refused(&psp), 0, "25 s after creation the outage is over");
+
+        psp.start_schedule();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        psp.authorize(&req("b", "pm_sim_approve")).await;
+        assert_eq!(refused(&psp), 0, "5 s into the new schedule: not yet");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(matches!(
+            psp.authorize(&req("c", "pm_sim_approve")).await,
+            PspOutcome::SoftFailure { .. }
+        ));
+        assert_eq!(refused(&psp), 1, "15 s into the new schedule: down");
     }
 }
