@@ -263,12 +263,24 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             if !(duration_scale > 0.0 && duration_scale <= 100.0) {
                 bail!("--duration-scale must be in (0, 100]");
             }
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                // The first Ctrl-C (or SIGTERM) ends the load early; a second one quits at once.
+                shutdown_signal().await;
+                eprintln!(
+                    "\nstopping: no new payments; those in flight finish and the report covers what ran (Ctrl-C again to quit now)"
+                );
+                let _ = stop.send(true);
+                shutdown_signal().await;
+                std::process::exit(130);
+            });
             let options = load::Options {
                 scale: duration_scale,
                 seed,
                 progress: !quiet,
                 trivial: false,
                 settle_max: Duration::from_secs(30),
+                stop: stopped,
             };
             simulate(scenario, target, api_key, options, baseline, report).await
         }
@@ -438,6 +450,13 @@ async fn simulate(
         };
         eprintln!("baseline: the same load at GET /ping");
         extras.baseline = Some(load::run(&scenario, &target, &trivial).await?);
+        if *options.stop.borrow() {
+            eprintln!("stopped during the baseline phase: the scenario did not run");
+            if let Some(running) = local {
+                running.stop().await?;
+            }
+            return Ok(ExitCode::from(INTERRUPTED));
+        }
     }
     eprintln!("running scenario {}", scenario.name);
     if let Some(running) = &local {
@@ -447,6 +466,11 @@ async fn simulate(
     }
     let started_ms = SystemClock.now_ms();
     let measured = load::run(&scenario, &target, &options).await?;
+    // A run stopped early did not reach the incidents scheduled after its end.
+    let ran_s = measured.duration.as_secs_f64();
+    extras
+        .incidents
+        .retain(|i| i["start_s"].as_f64().is_some_and(|start| start < ran_s));
     if let Some(running) = local {
         extras.breaker_transitions = running
             .breaker_transitions()
@@ -482,10 +506,15 @@ async fn simulate(
     }
     Ok(if extras.ledger_balanced == Some(false) {
         ExitCode::FAILURE
+    } else if measured.interrupted {
+        ExitCode::from(INTERRUPTED)
     } else {
         ExitCode::SUCCESS
     })
 }
+
+/// The exit code of a `rialto sim` stopped early (128 + SIGINT, as shells report it).
+const INTERRUPTED: u8 = 130;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -252,3 +252,64 @@ fn memory_10k_keeps_thousands_in_flight_and_reports_memory() {
         r["outcomes"]
     );
 }
+
+/// Ctrl-C in the middle of a 90 s run: no payment starts after it, the ones in flight finish,
+/// and the summary, the report and the ledger check cover what ran; the temp store goes.
+#[test]
+fn an_interrupted_run_settles_what_it_started_and_reports_it() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Command::new(BIN)
+        .args(["sim", "--scenario", "psp-outage", "--quiet", "--report"])
+        .arg(dir.path())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start rialto sim");
+    let mut stderr = BufReader::new(sim.stderr.take().unwrap()).lines();
+    let mut store = None;
+    for line in stderr.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("(store in ").nth(1) {
+            store = Some(std::path::PathBuf::from(rest.trim_end_matches(')')));
+        }
+        if line.starts_with("running scenario") {
+            break;
+        }
+    }
+    let store = store.expect("the in-process store's path");
+    assert!(store.exists());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(sim.id() as i32, libc::SIGINT) }, 0);
+    let rest: Vec<String> = stderr.map_while(Result::ok).collect();
+    let out = sim.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}\n{rest:?}");
+    assert!(
+        stdout.contains("interrupted      stopped early"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ledger           balanced"), "{stdout}");
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["interrupted"], true);
+    assert!(
+        r["duration_s"].as_f64().unwrap() < 30.0,
+        "{}",
+        r["duration_s"]
+    );
+    assert!(r["payments"].as_u64().unwrap() > 0);
+    assert_eq!(r["unresolved_after_settle"], 0);
+    assert_eq!(count(&r, "captured"), r["payments"].as_u64().unwrap());
+    assert_eq!(
+        r["incidents"],
+        serde_json::json!([]),
+        "the outage at 30 s never came"
+    );
+    assert!(!store.exists(), "the temp store is removed");
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use crate::scenario::{LoadMode, MixSpec, Scenario, scaled};
 
@@ -35,6 +36,9 @@ pub struct Options {
     pub trivial: bool,
     /// How long to wait after the load for `unknown` payments to settle.
     pub settle_max: Duration,
+    /// Set to stop the load early (Ctrl-C): no payment starts after it, the ones in flight
+    /// finish and settle, and the measurements cover what ran.
+    pub stop: watch::Receiver<bool>,
 }
 
 /// Retries of a payment request answered 504 (still processing) or 409 (in progress).
@@ -90,6 +94,8 @@ pub struct Measurements {
     pub stale_reads: u64,
     pub unresolved_after_settle: u64,
     pub peak_rss_mb: Option<f64>,
+    /// The load was stopped before its planned end.
+    pub interrupted: bool,
 }
 
 impl Measurements {
@@ -560,19 +566,19 @@ pub async fn run(
                 .map(|vu| {
                     let worker = worker.clone();
                     let seed = options.seed;
+                    let mut stop = options.stop.clone();
                     tokio::spawn(async move {
                         let mut rng = Rng::new(seed, vu);
                         let start = worker.recorder.started + ramp.mul_f64(vu as f64 / vus as f64);
-                        tokio::time::sleep_until(start.into()).await;
                         let mut n = 0u64;
-                        while Instant::now() < end {
+                        let mut wait = start.saturating_duration_since(Instant::now());
+                        // Waits (the ramp, think time) end early when the load is stopped.
+                        while until_stopped(&mut stop, wait).await && Instant::now() < end {
                             worker.iterate(&mut rng, vu << 32 | n, Instant::now()).await;
                             n += 1;
-                            let pause =
-                                rng.between(think.0.as_micros() as u64, think.1.as_micros() as u64);
-                            if pause > 0 {
-                                tokio::time::sleep(Duration::from_micros(pause)).await;
-                            }
+                            wait = Duration::from_micros(
+                                rng.between(think.0.as_micros() as u64, think.1.as_micros() as u64),
+                            );
                         }
                     })
                 })
@@ -591,7 +597,7 @@ pub async fn run(
             loop {
                 tick.tick().await;
                 let now = Instant::now();
-                if now >= end {
+                if now >= end || *options.stop.borrow() {
                     break;
                 }
                 let t = now.duration_since(recorder.started).as_secs_f64();
@@ -626,13 +632,32 @@ pub async fn run(
         .started
         .elapsed()
         .min(total.max(Duration::from_millis(1)));
+    let interrupted = *options.stop.borrow() && recorder.started.elapsed() < total;
     let unresolved = settle(&client, target, &recorder, options.settle_max).await;
     sampler.abort();
     if let Some(p) = progress {
         p.abort();
     }
     let peak_rss_mb = *peak_rss.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(finish(&recorder, duration, unresolved, peak_rss_mb))
+    let mut measured = finish(&recorder, duration, unresolved, peak_rss_mb);
+    measured.interrupted = interrupted;
+    Ok(measured)
+}
+
+/// Sleeps for `wait` unless the load is stopped first; whether it may go on.
+async fn until_stopped(stop: &mut watch::Receiver<bool>, wait: Duration) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    if wait.is_zero() {
+        return true;
+    }
+    let slept = tokio::select! {
+        () = tokio::time::sleep(wait) => true,
+        // Err: nobody can stop this load any more (the sender is gone); sleep on.
+        Ok(_) = stop.wait_for(|stopped| *stopped) => false,
+    };
+    slept && !*stop.borrow()
 }
 
 /// `GET /v1/payments/{id}`: the payment, if it could be read.
@@ -711,6 +736,7 @@ fn finish(
         stale_reads: recorder.stale_reads.load(Ordering::Relaxed),
         unresolved_after_settle: unresolved,
         peak_rss_mb,
+        interrupted: false,
     }
 }
 

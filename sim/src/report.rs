@@ -70,6 +70,7 @@ pub fn build(scenario: &Scenario, scale: f64, m: &Measurements, extras: &Extras)
         "duration_scale": scale,
         "mode": format!("{:?}", scenario.load.mode).to_lowercase(),
         "duration_s": round2(m.duration.as_secs_f64()),
+        "interrupted": m.interrupted,
         "requests": m.requests,
         "payments": m.payments,
         "throughput_per_s": round2(m.throughput_per_s()),
@@ -150,6 +151,12 @@ pub fn summary(r: &Value) -> String {
         r["duration_scale"]
     );
     let _ = writeln!(out, "duration         {} s", r["duration_s"]);
+    if r["interrupted"].as_bool() == Some(true) {
+        let _ = writeln!(
+            out,
+            "interrupted      stopped early; the figures cover the load that ran"
+        );
+    }
     let _ = writeln!(
         out,
         "payments         {}  ({} requests)",
