@@ -255,7 +255,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 (_, Some(file)) => {
                     let text = std::fs::read_to_string(&file)
                         .with_context(|| format!("reading {}", file.display()))?;
-                    Scenario::parse(&text).map_err(anyhow::Error::msg)?
+                    Scenario::parse(&text)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("scenario file {}", file.display()))?
                 }
                 (name, None) => Scenario::built_in(name.as_deref().unwrap_or("max-throughput"))
                     .map_err(anyhow::Error::msg)?,
