@@ -274,7 +274,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 );
                 let _ = stop.send(true);
                 shutdown_signal().await;
-                std::process::exit(130);
+                std::process::exit(i32::from(INTERRUPTED));
             });
             let options = load::Options {
                 scale: duration_scale,
