@@ -633,11 +633,18 @@ pub async fn run(
         .elapsed()
         .min(total.max(Duration::from_millis(1)));
     let interrupted = *options.stop.borrow() && recorder.started.elapsed() < total;
-    let unresolved = settle(&client, target, &recorder, options.settle_max).await;
-    sampler.abort();
     if let Some(p) = progress {
         p.abort();
     }
+    let unresolved = settle(
+        &client,
+        target,
+        &recorder,
+        options.settle_max,
+        options.progress,
+    )
+    .await;
+    sampler.abort();
     let peak_rss_mb = *peak_rss.lock().unwrap_or_else(|e| e.into_inner());
     let mut measured = finish(&recorder, duration, unresolved, peak_rss_mb);
     measured.interrupted = interrupted;
@@ -673,14 +680,17 @@ async fn read_payment(client: &reqwest::Client, target: &Target, id: &str) -> Op
     (!p.status.is_empty() && !p.psp.is_empty()).then_some(p)
 }
 
-/// Polls payments that were still in flight at the end until they settle (or time runs out).
+/// Polls payments that were still in flight at the end until they settle (or time runs out);
+/// says so on the terminal (`tell`) if there are any.
 async fn settle(
     client: &reqwest::Client,
     target: &Target,
     recorder: &Recorder,
     settle_max: Duration,
+    tell: bool,
 ) -> u64 {
     let deadline = Instant::now() + settle_max;
+    let mut told = !tell;
     loop {
         let open: Vec<String> = {
             let inner = recorder.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -688,6 +698,14 @@ async fn settle(
         };
         if open.is_empty() || Instant::now() >= deadline {
             return open.len() as u64;
+        }
+        if !told {
+            eprintln!(
+                "\nwaiting for {} payments still in flight to settle (at most {} s)",
+                open.len(),
+                settle_max.as_secs()
+            );
+            told = true;
         }
         for id in open {
             if let Some(p) = read_payment(client, target, &id).await {
