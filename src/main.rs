@@ -265,6 +265,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             if !(duration_scale > 0.0 && duration_scale <= 100.0) {
                 bail!("--duration-scale must be in (0, 100]");
             }
+            // The in-process Rialto's store, removed at the end, or by a second Ctrl-C.
+            let scratch = tempfile::tempdir().context("temp dir for the in-process store")?;
+            let scratch_path = scratch.path().to_path_buf();
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 // The first Ctrl-C (or SIGTERM) ends the load early; a second one quits at once.
@@ -274,6 +277,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 );
                 let _ = stop.send(true);
                 shutdown_signal().await;
+                let _ = std::fs::remove_dir_all(&scratch_path);
                 std::process::exit(i32::from(INTERRUPTED));
             });
             let options = load::Options {
@@ -284,7 +288,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 settle_max: Duration::from_secs(30),
                 stop: stopped,
             };
-            simulate(scenario, target, api_key, options, baseline, report).await
+            simulate(
+                scenario, target, api_key, options, baseline, report, scratch,
+            )
+            .await
         }
         Command::PspSim { listen, config } => {
             psp_sim(listen, config).await?;
@@ -381,17 +388,17 @@ async fn simulate(
     options: load::Options,
     baseline: bool,
     report_dir: Option<PathBuf>,
+    scratch: tempfile::TempDir,
 ) -> anyhow::Result<ExitCode> {
     let mut extras = Extras::default();
     let mut local = None;
-    let mut data_dir = None;
     let target = match target {
         Some(url) => Target {
             base_url: url.trim_end_matches('/').to_string(),
             api_key: api_key.context("--target needs --api-key (or RIALTO_API_KEY)")?,
         },
         None => {
-            let dir = tempfile::tempdir().context("temp dir for the in-process store")?;
+            let dir = &scratch;
             let mut config = Config {
                 listen: ([127, 0, 0, 1], 0).into(),
                 ops_listen: ([127, 0, 0, 1], 0).into(),
@@ -441,7 +448,6 @@ async fn simulate(
                 api_key: key,
             };
             local = Some(running);
-            data_dir = Some(dir);
             target
         }
     };
@@ -495,7 +501,7 @@ async fn simulate(
             .collect::<BTreeMap<_, _>>();
         running.stop().await?;
     }
-    drop(data_dir);
+    drop(scratch); // The in-process store, once its server has stopped.
     let report = report::build(&scenario, options.scale, &measured, &extras);
     println!("{}", report::summary(&report));
     if let Some(dir) = report_dir {

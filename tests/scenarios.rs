@@ -253,24 +253,25 @@ fn memory_10k_keeps_thousands_in_flight_and_reports_memory() {
     );
 }
 
-/// Ctrl-C in the middle of a 90 s run: no payment starts after it, the ones in flight finish,
-/// and the summary, the report and the ledger check cover what ran; the temp store goes.
-#[test]
-fn an_interrupted_run_settles_what_it_started_and_reports_it() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
+/// `rialto sim` with `args`, once its load has started: the process, the rest of its
+/// stderr, and the path of its in-process store.
+fn start_sim(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    std::path::PathBuf,
+) {
+    use std::io::BufRead;
     let mut sim = Command::new(BIN)
-        .args(["sim", "--scenario", "psp-outage", "--quiet", "--report"])
-        .arg(dir.path())
+        .arg("sim")
+        .args(args)
         .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start rialto sim");
-    let mut stderr = BufReader::new(sim.stderr.take().unwrap()).lines();
+    let mut stderr = std::io::BufReader::new(sim.stderr.take().unwrap()).lines();
     let mut store = None;
     for line in stderr.by_ref() {
         let line = line.unwrap();
@@ -283,9 +284,25 @@ fn an_interrupted_run_settles_what_it_started_and_reports_it() {
     }
     let store = store.expect("the in-process store's path");
     assert!(store.exists());
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    (sim, stderr, store)
+}
+
+fn interrupt(sim: &std::process::Child) {
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(sim.id() as i32, libc::SIGINT) }, 0);
+}
+
+/// Ctrl-C in the middle of a 90 s run: no payment starts after it, the ones in flight finish,
+/// and the summary, the report and the ledger check cover what ran; the temp store goes.
+#[test]
+fn an_interrupted_run_settles_what_it_started_and_reports_it() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().to_str().unwrap();
+    let (sim, stderr, store) =
+        start_sim(&["--scenario", "psp-outage", "--quiet", "--report", report]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    interrupt(&sim);
     let rest: Vec<String> = stderr.map_while(Result::ok).collect();
     let out = sim.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -311,5 +328,29 @@ fn an_interrupted_run_settles_what_it_started_and_reports_it() {
         serde_json::json!([]),
         "the outage at 30 s never came"
     );
+    assert!(!store.exists(), "the temp store is removed");
+}
+
+/// A second Ctrl-C while payments in flight finish (here each takes two 2.5 s PSP calls)
+/// quits at once, without a report, and still removes the temp store.
+#[test]
+fn a_second_ctrl_c_quits_at_once_and_removes_the_store() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().to_str().unwrap();
+    let (sim, stderr, store) =
+        start_sim(&["--scenario", "memory-10k", "--quiet", "--report", report]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    interrupt(&sim);
+    let mut stderr = stderr.map_while(Result::ok);
+    assert!(stderr.any(|line| line.starts_with("stopping")));
+    interrupt(&sim);
+    let out = sim.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("ledger"),
+        "no summary"
+    );
+    assert!(!dir.path().join("report.json").exists(), "no report");
     assert!(!store.exists(), "the temp store is removed");
 }
