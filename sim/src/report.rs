@@ -251,9 +251,10 @@ struct ValueAxis {
 }
 
 impl ValueAxis {
-    /// From 0 to a round number at or above `max`.
+    /// From 0 to a round number at or above `max` (and at least 1).
     fn linear(max: f64) -> ValueAxis {
-        let step = nice_step(max.max(1e-9), 4.0);
+        let max = max.max(1.0);
+        let step = nice_step(max, 4.0);
         let parts = (max / step).ceil().max(1.0);
         ValueAxis {
             log: false,
@@ -640,6 +641,11 @@ mod tests {
 
         let linear = ValueAxis::linear(2_790.0);
         assert_eq!(linear.ticks, vec![0.0, 1_000.0, 2_000.0, 3_000.0]);
+        assert_eq!(
+            ValueAxis::linear(0.0).ticks,
+            vec![0.0, 0.5, 1.0],
+            "nothing to show"
+        );
         assert_eq!(linear.fraction(1_500.0), 0.5);
         assert_eq!(nice_step(90.0, 10.0), 10.0);
         assert_eq!(nice_step(26.0, 10.0), 5.0);
