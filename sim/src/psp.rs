@@ -12,8 +12,9 @@
 //!
 //! A soft failure is transient: the same request sent again goes through. Every random
 //! choice is a pure function of the seed, the operation's idempotency key and what is being
-//! drawn, so the same requests give the same outcomes in any order and a run can
-//! be repeated. Capture, void and refund are approved. Every operation is recorded by its
+//! drawn, so the same requests give the same outcomes in any order (Rialto's keys hold
+//! the payment id, new in every run: a repeated run repeats the rates, not each outcome).
+//! Capture, void and refund are approved. Every operation is recorded by its
 //! idempotency key: sending it again replays the recorded answer, and `status` reports it.
 //! Like a real PSP, the simulator acts on a request once it has received it, whether or not
 //! the caller waits for the answer: until the operation's latency has passed, `status` says
