@@ -63,6 +63,21 @@ pub fn build(scenario: &Scenario, scale: f64, m: &Measurements, extras: &Extras)
             json!({ "payments": payments, "outcomes": outcomes, "calls": calls, "latency_ms": latency }),
         );
     }
+    // The load phase's seconds: requests made after it (the last payments' follow-ups and
+    // reads) count in the totals, but a second of nothing but those is no throughput.
+    let load_s = m.duration.as_secs_f64();
+    let series: Vec<Value> = m
+        .series
+        .iter()
+        .enumerate()
+        .take_while(|(t, _)| (*t as f64) < load_s)
+        .map(|(t, s)| {
+            json!({
+                "t_s": t, "requests": s.requests, "payments": s.payments, "errors": s.errors,
+                "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "p99_ms": s.p99_ms,
+            })
+        })
+        .collect();
     let mut report = json!({
         "schema_version": SCHEMA_VERSION,
         "scenario": scenario.name,
@@ -88,10 +103,7 @@ pub fn build(scenario: &Scenario, scale: f64, m: &Measurements, extras: &Extras)
         "stale_reads": m.stale_reads,
         "unresolved_after_settle": m.unresolved_after_settle,
         "peak_rss_mb": m.peak_rss_mb.map(round2),
-        "series": m.series.iter().enumerate().map(|(t, s)| json!({
-            "t_s": t, "requests": s.requests, "payments": s.payments, "errors": s.errors,
-            "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "p99_ms": s.p99_ms,
-        })).collect::<Vec<_>>(),
+        "series": series,
     });
     if let Some(b) = &extras.baseline {
         let base = b.throughput_per_s();
@@ -649,6 +661,42 @@ mod tests {
         assert_eq!(linear.fraction(1_500.0), 0.5);
         assert_eq!(nice_step(90.0, 10.0), 10.0);
         assert_eq!(nice_step(26.0, 10.0), 5.0);
+    }
+
+    #[test]
+    fn the_series_ends_with_the_load() {
+        let second = |payments| crate::load::Second {
+            requests: payments + 10,
+            payments,
+            ..Default::default()
+        };
+        let m = Measurements {
+            duration: std::time::Duration::from_secs(2),
+            requests: 0,
+            payments: 0,
+            latency_us: Histogram::new(2).unwrap(),
+            latency_all_us: Histogram::new(2).unwrap(),
+            outcomes: BTreeMap::new(),
+            by_psp: BTreeMap::new(),
+            by_psp_latency_us: BTreeMap::new(),
+            // The third second holds only follow-ups made after the load ended.
+            series: vec![second(900), second(950), second(0)],
+            dropped_arrivals: 0,
+            reads: 0,
+            stale_reads: 0,
+            unresolved_after_settle: 0,
+            peak_rss_mb: None,
+            interrupted: false,
+        };
+        let scenario = Scenario::built_in("max-throughput").unwrap();
+        let r = build(&scenario, 1.0, &m, &Extras::default());
+        let payments: Vec<u64> = r["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["payments"].as_u64().unwrap())
+            .collect();
+        assert_eq!(payments, vec![900, 950]);
     }
 
     #[test]
