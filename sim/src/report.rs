@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use crate::load::Measurements;
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, scaled};
 use crate::spec::IncidentKindSpec;
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -122,7 +122,8 @@ pub fn build(scenario: &Scenario, scale: f64, m: &Measurements, extras: &Extras)
 /// start of the measured load), in order of start: `{ "psp", "kind", "start_s", "end_s" }`,
 /// plus `latency_ms` for a latency spike and `drop_ppm` for dropped calls.
 pub fn incidents(scenario: &Scenario, scale: f64) -> Vec<Value> {
-    let s = |ms: u64| round2(ms as f64 * scale / 1_000.0);
+    // Scaled as the simulator scales them, then rounded for the report.
+    let s = |ms: u64| round2(scaled(ms, scale).as_secs_f64());
     let mut all: Vec<_> = scenario
         .psp
         .iter()
@@ -142,7 +143,7 @@ pub fn incidents(scenario: &Scenario, scale: f64) -> Vec<Value> {
                 "end_s": s(i.end_ms),
             });
             if let Some(ms) = i.latency_ms {
-                v["latency_ms"] = json!(round2(ms as f64 * scale));
+                v["latency_ms"] = json!(round2(scaled(ms, scale).as_secs_f64() * 1_000.0));
             }
             if let Some(ppm) = i.drop_ppm {
                 v["drop_ppm"] = json!(ppm);

@@ -34,6 +34,7 @@ use rialto_actors::psp_http::HttpPsp;
 use crate::psp::{
     Incident, IncidentKind, Latency, RECORDS_MAX_DEFAULT, RETENTION_DEFAULT, SimConfig, SimPsp,
 };
+use crate::scenario::scaled;
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -137,7 +138,7 @@ impl PspSpec {
     /// The simulator this spec describes, with every time (latencies, the incident schedule,
     /// the hang of a timed-out call, how long it remembers) multiplied by `scale`.
     pub fn sim_config(&self, scale: f64) -> Result<SimConfig, String> {
-        let ms = |ms: u64| Duration::from_secs_f64(ms as f64 / 1_000.0 * scale);
+        let ms = |ms: u64| scaled(ms, scale);
         let incidents = self
             .incidents
             .iter()
