@@ -646,9 +646,13 @@ pub async fn run(
     .await;
     sampler.abort();
     let peak_rss_mb = *peak_rss.lock().unwrap_or_else(|e| e.into_inner());
-    let mut measured = finish(&recorder, duration, unresolved, peak_rss_mb);
-    measured.interrupted = interrupted;
-    Ok(measured)
+    Ok(finish(
+        &recorder,
+        duration,
+        unresolved,
+        peak_rss_mb,
+        interrupted,
+    ))
 }
 
 /// Sleeps for `wait` unless the load is stopped first; whether it may go on.
@@ -721,6 +725,7 @@ fn finish(
     duration: Duration,
     unresolved: u64,
     peak_rss_mb: Option<f64>,
+    interrupted: bool,
 ) -> Measurements {
     let mut inner = recorder.inner.lock().unwrap_or_else(|e| e.into_inner());
     let mut by_psp = std::mem::take(&mut inner.settled);
@@ -754,7 +759,7 @@ fn finish(
         stale_reads: recorder.stale_reads.load(Ordering::Relaxed),
         unresolved_after_settle: unresolved,
         peak_rss_mb,
-        interrupted: false,
+        interrupted,
     }
 }
 
@@ -835,7 +840,7 @@ mod tests {
         }
         // `settle` finds pay_2 approved and captured; pay_4 never settles.
         recorder.payment("pay_2", "psp_a", "captured");
-        let m = finish(&recorder, Duration::from_secs(1), 1, None);
+        let m = finish(&recorder, Duration::from_secs(1), 1, None, false);
         let counts = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
             pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect()
         };
@@ -870,7 +875,7 @@ mod tests {
         }
         // A late answer for a reduced second still counts in it.
         recorder.record(Kind::Payment, at(0), Duration::from_secs(400), true);
-        let m = finish(&recorder, Duration::from_secs(kept), 0, None);
+        let m = finish(&recorder, Duration::from_secs(kept), 0, None, false);
         assert_eq!(m.series.len(), kept as usize + 1);
         assert_eq!((m.series[0].payments, m.series[0].errors), (101, 1));
         assert!((m.series[0].p99_ms - 99.0).abs() < 1.5);
