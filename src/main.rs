@@ -398,11 +398,10 @@ async fn simulate(
             api_key: api_key.context("--target needs --api-key (or RIALTO_API_KEY)")?,
         },
         None => {
-            let dir = &scratch;
             let mut config = Config {
                 listen: ([127, 0, 0, 1], 0).into(),
                 ops_listen: ([127, 0, 0, 1], 0).into(),
-                data_dir: dir.path().to_path_buf(),
+                data_dir: scratch.path().to_path_buf(),
                 psp: if scenario.psp.is_empty() {
                     ["sim_a", "sim_b", "sim_c"]
                         .into_iter()
@@ -441,7 +440,7 @@ async fn simulate(
             eprintln!(
                 "rialto running in-process at http://{} (store in {})",
                 running.api_addr,
-                dir.path().display()
+                scratch.path().display()
             );
             let target = Target {
                 base_url: format!("http://{}", running.api_addr),
@@ -470,16 +469,16 @@ async fn simulate(
     if let Some(running) = &local {
         // The scenario's incidents are timed from the start of the load it measures.
         running.sims.iter().for_each(|s| s.start_schedule());
-        extras.incidents = report::incidents(&scenario, options.scale);
     }
     let started_ms = SystemClock.now_ms();
     let measured = load::run(&scenario, &target, &options).await?;
-    // A run stopped early did not reach the incidents scheduled after its end.
-    let ran_s = measured.duration.as_secs_f64();
-    extras
-        .incidents
-        .retain(|i| i["start_s"].as_f64().is_some_and(|start| start < ran_s));
     if let Some(running) = local {
+        // The incidents the load reached: a run stopped early never got to the later ones.
+        let ran_s = measured.duration.as_secs_f64();
+        extras.incidents = report::incidents(&scenario, options.scale)
+            .into_iter()
+            .filter(|i| i["start_s"].as_f64().is_some_and(|start| start < ran_s))
+            .collect();
         extras.breaker_transitions = running
             .breaker_transitions()
             .into_iter()
