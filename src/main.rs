@@ -280,6 +280,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 let _ = std::fs::remove_dir_all(&scratch_path);
                 std::process::exit(i32::from(INTERRUPTED));
             });
+            #[cfg(unix)]
+            {
+                // A closed terminal (SIGHUP) leaves nobody to read a summary: quit at once,
+                // but do not leave the in-process store behind in the temp dir.
+                use tokio::signal::unix::{SignalKind, signal};
+                let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+                let scratch_path = scratch.path().to_path_buf();
+                tokio::spawn(async move {
+                    hangup.recv().await;
+                    let _ = std::fs::remove_dir_all(&scratch_path);
+                    std::process::exit(i32::from(HUNG_UP));
+                });
+            }
             let options = load::Options {
                 scale: duration_scale,
                 seed,
@@ -522,6 +535,9 @@ async fn simulate(
 
 /// The exit code of a `rialto sim` stopped early (128 + SIGINT, as shells report it).
 const INTERRUPTED: u8 = 130;
+
+/// The exit code of a `rialto sim` whose terminal closed (128 + SIGHUP).
+const HUNG_UP: u8 = 129;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -288,8 +288,12 @@ fn start_sim(
 }
 
 fn interrupt(sim: &std::process::Child) {
+    signal(sim, libc::SIGINT);
+}
+
+fn signal(sim: &std::process::Child, signal: libc::c_int) {
     // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(sim.id() as i32, libc::SIGINT) }, 0);
+    assert_eq!(unsafe { libc::kill(sim.id() as i32, signal) }, 0);
 }
 
 /// Ctrl-C in the middle of a 90 s run: no payment starts after it, the ones in flight finish,
@@ -352,5 +356,17 @@ fn a_second_ctrl_c_quits_at_once_and_removes_the_store() {
         "no summary"
     );
     assert!(!dir.path().join("report.json").exists(), "no report");
+    assert!(!store.exists(), "the temp store is removed");
+}
+
+/// A terminal closed under a run (SIGHUP): it quits at once, and the temp store goes with it.
+#[test]
+fn a_closed_terminal_quits_and_removes_the_store() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (sim, _stderr, store) = start_sim(&["--scenario", "memory-10k", "--quiet"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    signal(&sim, libc::SIGHUP);
+    let out = sim.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(129));
     assert!(!store.exists(), "the temp store is removed");
 }
