@@ -7,7 +7,7 @@ mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -267,8 +267,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             // The in-process Rialto's store, removed at the end, or by a second Ctrl-C.
             let scratch = tempfile::tempdir().context("temp dir for the in-process store")?;
-            let scratch_path = scratch.path().to_path_buf();
             let (stop, stopped) = tokio::sync::watch::channel(false);
+            let scratch_path = scratch.path().to_path_buf();
             tokio::spawn(async move {
                 // The first Ctrl-C (or SIGTERM) ends the load early; a second one quits at once.
                 shutdown_signal().await;
@@ -277,8 +277,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 );
                 let _ = stop.send(true);
                 shutdown_signal().await;
-                let _ = std::fs::remove_dir_all(&scratch_path);
-                std::process::exit(i32::from(INTERRUPTED));
+                quit_removing(&scratch_path, INTERRUPTED);
             });
             #[cfg(unix)]
             {
@@ -289,8 +288,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 let scratch_path = scratch.path().to_path_buf();
                 tokio::spawn(async move {
                     hangup.recv().await;
-                    let _ = std::fs::remove_dir_all(&scratch_path);
-                    std::process::exit(i32::from(HUNG_UP));
+                    quit_removing(&scratch_path, HUNG_UP);
                 });
             }
             let options = load::Options {
@@ -538,6 +536,13 @@ const INTERRUPTED: u8 = 130;
 
 /// The exit code of a `rialto sim` whose terminal closed (128 + SIGHUP).
 const HUNG_UP: u8 = 129;
+
+/// Ends a `rialto sim` at once, from a signal task: removes the in-process store (its
+/// `TempDir` is not dropped by `exit`) and exits with `code`.
+fn quit_removing(store: &Path, code: u8) -> ! {
+    let _ = std::fs::remove_dir_all(store);
+    std::process::exit(i32::from(code));
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
