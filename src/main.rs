@@ -19,6 +19,7 @@ use serde::Deserialize;
 use rialto_actors::SystemClock;
 use rialto_engine::Clock;
 use rialto_sim::load::{self, Target};
+use rialto_sim::remote;
 use rialto_sim::report::{self, Extras};
 use rialto_sim::scenario::Scenario;
 use rialto_sim::spec::PspSpec;
@@ -104,6 +105,21 @@ enum Command {
         /// No live progress.
         #[arg(long)]
         quiet: bool,
+        /// With --target: the server's ops listener (http://HOST:PORT), for its breaker
+        /// changes during the load and a ledger check of its store at the end.
+        #[arg(long, requires = "target")]
+        ops: Option<String>,
+        /// The server's admin token, for --ops (or RIALTO_ADMIN_TOKEN).
+        #[arg(long, env = "RIALTO_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// With --target: a `rialto psp-sim` serving the PSP that Rialto's config calls ID
+        /// (repeatable). Its incident schedule starts over with the measured load, and its
+        /// incidents and counters go in the report.
+        #[arg(long = "psp-sim", requires = "target", value_name = "ID=URL")]
+        psp_sims: Vec<String>,
+        /// The PSP simulators' secret, for --psp-sim (or RIALTO_PSP_SECRET).
+        #[arg(long, env = "RIALTO_PSP_SECRET", hide_env_values = true)]
+        psp_secret: Option<String>,
     },
     /// Serve a simulated PSP over HTTP (Rialto's PSP protocol, HMAC-signed requests).
     PspSim {
@@ -250,7 +266,41 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             baseline,
             seed,
             quiet,
+            ops,
+            admin_token,
+            psp_sims,
+            psp_secret,
         } => {
+            let remote = match target {
+                Some(url) => {
+                    let ops = match ops {
+                        Some(url) => Some(remote::Ops {
+                            base_url: url.trim_end_matches('/').to_string(),
+                            admin_token: admin_token
+                                .context("--ops needs --admin-token (or RIALTO_ADMIN_TOKEN)")?,
+                        }),
+                        None => None,
+                    };
+                    let psp_sims = psp_sims
+                        .iter()
+                        .map(|arg| {
+                            let secret = psp_secret
+                                .as_deref()
+                                .context("--psp-sim needs --psp-secret (or RIALTO_PSP_SECRET)")?;
+                            remote::PspSim::parse(arg, secret)
+                        })
+                        .collect::<anyhow::Result<_>>()?;
+                    Some(Remote {
+                        target: Target {
+                            base_url: url.trim_end_matches('/').to_string(),
+                            api_key: api_key
+                                .context("--target needs --api-key (or RIALTO_API_KEY)")?,
+                        },
+                        observers: remote::Observers::new(ops, psp_sims)?,
+                    })
+                }
+                None => None,
+            };
             let scenario = match (scenario, scenario_file) {
                 (_, Some(file)) => {
                     let text = std::fs::read_to_string(&file)
@@ -299,10 +349,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 settle_max: Duration::from_secs(30),
                 stop: stopped,
             };
-            simulate(
-                scenario, target, api_key, options, baseline, report, scratch,
-            )
-            .await
+            simulate(scenario, remote, options, baseline, report, scratch).await
         }
         Command::PspSim { listen, config } => {
             psp_sim(listen, config).await?;
@@ -391,11 +438,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     running.stop().await
 }
 
+/// A running Rialto for `rialto sim` to drive (`--target`), and what else it can ask.
+struct Remote {
+    target: Target,
+    observers: remote::Observers,
+}
+
+/// The incidents a load of `ran_s` seconds reached: a run stopped early never got to the later ones.
+fn reached(incidents: Vec<serde_json::Value>, ran_s: f64) -> Vec<serde_json::Value> {
+    incidents
+        .into_iter()
+        .filter(|i| i["start_s"].as_f64().is_some_and(|start| start < ran_s))
+        .collect()
+}
+
 /// Runs a scenario, prints the summary, writes the report; fails if the ledger does not balance.
 async fn simulate(
     scenario: Scenario,
-    target: Option<String>,
-    api_key: Option<String>,
+    remote: Option<Remote>,
     options: load::Options,
     baseline: bool,
     report_dir: Option<PathBuf>,
@@ -403,11 +463,8 @@ async fn simulate(
 ) -> anyhow::Result<ExitCode> {
     let mut extras = Extras::default();
     let mut local = None;
-    let target = match target {
-        Some(url) => Target {
-            base_url: url.trim_end_matches('/').to_string(),
-            api_key: api_key.context("--target needs --api-key (or RIALTO_API_KEY)")?,
-        },
+    let target = match &remote {
+        Some(remote) => remote.target.clone(),
         None => {
             let mut config = Config {
                 listen: ([127, 0, 0, 1], 0).into(),
@@ -477,37 +534,43 @@ async fn simulate(
         }
     }
     eprintln!("running scenario {}", scenario.name);
+    // Incidents are timed from the start of the load they measure.
     if let Some(running) = &local {
-        // The scenario's incidents are timed from the start of the load it measures.
         running.sims.iter().for_each(|s| s.start_schedule());
+    }
+    if let Some(remote) = &remote {
+        remote.observers.start_schedules().await?;
     }
     let started_ms = SystemClock.now_ms();
     let measured = load::run(&scenario, &target, &options).await?;
+    let ran_s = measured.duration.as_secs_f64();
+    if let Some(remote) = &remote {
+        let observers = &remote.observers;
+        let (incidents, psp_calls) = observers.psp_sims_now().await?;
+        extras.incidents = reached(incidents, ran_s);
+        extras.psp_calls = psp_calls;
+        extras.breaker_transitions = observers.breaker_transitions(started_ms).await?;
+        extras.ledger_balanced = observers.ledger_balanced().await?;
+    }
     if let Some(running) = local {
-        // The incidents the load reached: a run stopped early never got to the later ones.
-        let ran_s = measured.duration.as_secs_f64();
-        extras.incidents = report::incidents(&scenario, options.scale)
-            .into_iter()
-            .filter(|i| i["start_s"].as_f64().is_some_and(|start| start < ran_s))
-            .collect();
+        extras.incidents = reached(report::incidents(&scenario, options.scale), ran_s);
         extras.breaker_transitions = running
             .breaker_transitions()
             .into_iter()
             .filter(|t| t.at_ms >= started_ms)
             .map(|t| {
-                serde_json::json!({
-                    "t_s": (t.at_ms - started_ms) as f64 / 1_000.0,
-                    "psp": t.psp,
-                    "from": t.from.as_str(),
-                    "to": t.to.as_str(),
-                })
+                report::breaker_change(t.at_ms - started_ms, &t.psp, t.from.as_str(), t.to.as_str())
             })
             .collect();
         extras.ledger_balanced = Some(running.store.ledger_check().await?.balanced());
         extras.psp_calls = running
             .sims
             .iter()
-            .map(|s| (s.config().id.clone(), s.stats.snapshot()))
+            .map(|s| {
+                let calls = s.stats.snapshot().into_iter();
+                let calls = calls.map(|(name, n)| (name.to_string(), n)).collect();
+                (s.config().id.clone(), calls)
+            })
             .collect::<BTreeMap<_, _>>();
         running.stop().await?;
     }

@@ -1,6 +1,8 @@
 //! Three processes on loopback: `rialto psp-sim` serves a PSP over HTTP, `rialto serve` uses
 //! it through the HTTP adapter (signed calls), and `rialto sim --target` drives the server.
-//! The payments go end to end and the ledger balances.
+//! The payments go end to end and the ledger balances. The PSP has an outage: `rialto sim`
+//! starts its schedule with the load (`--psp-sim`) and reads the server's breaker changes and
+//! a ledger check from its ops listener (`--ops`), so the report is as full as in-process.
 
 mod common;
 
@@ -12,7 +14,12 @@ use common::BIN;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psp_sim_serve_and_sim_target_work_together() {
     let dir = tempfile::tempdir().unwrap();
-    let psp_config = common::write(dir.path(), "psp.toml", common::PSP_SIM_TOML);
+    let outage = "[[psp.incident]]\nkind = \"outage\"\nstart_ms = 1500\nend_ms = 5000\n";
+    let psp_config = common::write(
+        dir.path(),
+        "psp.toml",
+        &format!("{}{outage}", common::PSP_SIM_TOML),
+    );
     let (mut psp, psp_url) = common::spawn(
         &[
             "psp-sim",
@@ -32,34 +39,48 @@ async fn psp_sim_serve_and_sim_target_work_together() {
         dir.path(),
         "rialto.toml",
         &format!(
-            "[engine]\npsp_call_timeout_ms = 2000\n\n{}",
+            "[engine]\npsp_call_timeout_ms = 2000\n\n\
+             [engine.breaker]\nwindow_ms = 1000\nmin_calls = 4\nopen_ms = 500\n\n{}",
             common::http_psp_toml(&psp_url)
         ),
     );
+    let admin_token = "loopback-admin-token";
     let (mut serve, urls) = common::serve(
         data,
         &["--config", &serve_config],
-        &[],
+        &[("RIALTO_ADMIN_TOKEN", admin_token)],
         std::process::Stdio::null(),
     )
     .await;
-    let api_url = urls[0].clone();
+    let (api_url, ops_url) = (urls[0].clone(), urls[1].clone());
+    // The PSP has run a while before the load starts: its outage must still fall where its
+    // config puts it on the run's clock, 1.5 s into the load, not before.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let scenario = common::write(
+        dir.path(),
+        "scenario.toml",
+        "name = \"remote-outage\"\n[load]\nmode = \"closed\"\nvus = 20\nhold_ms = 7000\n",
+    );
 
     let report_dir = dir.path().join("report");
     let sim = Command::new(BIN)
         .args([
             "sim",
-            "--scenario",
-            "max-throughput",
-            "--duration-scale",
-            "0.02",
+            "--scenario-file",
+            &scenario,
             "--quiet",
             "--target",
             &api_url,
+            "--ops",
+            &ops_url,
+            "--psp-sim",
+            &format!("remote={psp_url}"),
             "--report",
         ])
         .arg(&report_dir)
         .env("RIALTO_API_KEY", &key)
+        .env("RIALTO_ADMIN_TOKEN", admin_token)
+        .env("RIALTO_PSP_SECRET", "loopback-secret")
         .output()
         .await
         .unwrap();
@@ -72,22 +93,37 @@ async fn psp_sim_serve_and_sim_target_work_together() {
     let report: Value =
         serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
     let payments = report["payments"].as_u64().unwrap();
+    let captured = report["outcomes"]["captured"].as_u64().unwrap_or(0);
     assert!(payments > 50, "{report}");
-    assert_eq!(
-        report["outcomes"]["captured"].as_u64(),
-        Some(payments),
-        "{}",
-        report["outcomes"]
-    );
+    assert!(captured > 0, "{}", report["outcomes"]);
     assert_eq!(
         report["psps"]["remote"]["payments"].as_u64(),
         Some(payments),
         "every payment went through the HTTP PSP"
     );
     assert_eq!(
+        report["incidents"],
+        serde_json::json!([{"psp": "remote", "kind": "outage", "start_s": 1.5, "end_s": 5.0}])
+    );
+    // Payments the outage caught were retried; the PSP's own counters show its refusals.
+    let calls = &report["psps"]["remote"]["calls"];
+    assert!(calls["refused_down"].as_u64() > Some(0), "{calls}");
+    assert!(calls["approved"].as_u64() >= Some(captured), "{calls}");
+    // The breaker opened during the outage on the run's clock: not before it (as it would if
+    // the PSP's schedule had kept its own start), and not long after.
+    let transitions = report["breaker_transitions"].as_array().unwrap();
+    let first = &transitions[0];
+    assert_eq!(
+        (&first["psp"], &first["from"], &first["to"]),
+        (&"remote".into(), &"closed".into(), &"open".into()),
+        "{transitions:?}"
+    );
+    let opened_s = first["t_s"].as_f64().unwrap();
+    assert!((1.5..5.0).contains(&opened_s), "{transitions:?}");
+    assert_eq!(
         report["ledger_balanced"],
-        Value::Null,
-        "a remote target's ledger is checked offline, below"
+        Value::Bool(true),
+        "the server's own ledger check, through its ops listener"
     );
 
     serve.start_kill().unwrap();
@@ -97,7 +133,7 @@ async fn psp_sim_serve_and_sim_target_work_together() {
     let (balanced, text) = common::ledger_check(data);
     assert!(balanced, "{text}");
     assert!(
-        text.contains(&format!("journal entries: {payments}")),
+        text.contains(&format!("journal entries: {captured}")),
         "{text}"
     );
 }

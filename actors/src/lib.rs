@@ -554,6 +554,11 @@ impl Rialto {
         &self.deps.store
     }
 
+    /// The engine's clock: the time its breaker changes are stamped with.
+    pub fn now_ms(&self) -> i64 {
+        self.deps.clock.now_ms()
+    }
+
     pub fn psp_ids(&self) -> Vec<String> {
         self.deps.routes.iter().map(|r| r.id.clone()).collect()
     }

@@ -30,7 +30,7 @@ use utoipa::OpenApi;
 use rialto_actors::Rialto;
 use rialto_persistence::{Merchant, Store};
 
-use crate::problem::Problem;
+use crate::problem::{Problem, internal};
 
 /// Limits of the merchant API.
 #[derive(Clone, Debug)]
@@ -68,6 +68,8 @@ pub struct Inner {
     /// SHA-256 of the operator's admin token; admin routes are off without one.
     pub admin_token_sha256: Option<String>,
     pub metrics: PrometheusHandle,
+    /// One ledger check at a time: each reads the whole store.
+    pub ledger_check: tokio::sync::Semaphore,
 }
 
 impl std::ops::Deref for AppState {
@@ -88,6 +90,7 @@ impl AppState {
             buckets: DashMap::new(),
             admin_token_sha256: config.admin_token.as_deref().map(auth::key_hash),
             metrics: metrics_handle(),
+            ledger_check: tokio::sync::Semaphore::new(1),
         }))
     }
 }
@@ -403,6 +406,69 @@ async fn admin_psp(
     Ok(Json(json!({ "psp": psp, "enabled": enabled })).into_response())
 }
 
+/// Every breaker change kept (the last 1,000 per PSP), oldest first, with the engine's clock
+/// now, so a client on another clock can place them: `rialto sim --target --ops` does.
+async fn admin_breakers(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Problem> {
+    require_admin(&state, &headers)?;
+    let transitions: Vec<_> = state
+        .engine
+        .breaker_transitions()
+        .into_iter()
+        .map(|t| json!({ "psp": t.psp, "at_ms": t.at_ms, "from": t.from.as_str(), "to": t.to.as_str() }))
+        .collect();
+    Ok(
+        Json(json!({ "now_ms": state.engine.now_ms(), "transitions": transitions }))
+            .into_response(),
+    )
+}
+
+/// Problems a ledger check lists in its answer; `problems_total` counts them all.
+const LEDGER_PROBLEMS_SHOWN: usize = 100;
+
+/// The offline `rialto ledger check`, on the live store: every invariant over one consistent
+/// snapshot, while the server runs. One at a time (409 while one runs); it reads the whole
+/// store on a blocking thread, so it takes no runtime worker from the API.
+async fn admin_ledger_check(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Problem> {
+    require_admin(&state, &headers)?;
+    let Ok(_running) = state.ledger_check.try_acquire() else {
+        return Err(Problem::conflict(
+            "ledger_check_running",
+            "a ledger check is already running",
+        ));
+    };
+    let store = state.store.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let report = tokio::task::spawn_blocking(move || runtime.block_on(store.ledger_check()))
+        .await
+        .map_err(|_| internal("the ledger check stopped"))?
+        .map_err(|_| Problem::unavailable("storage is unavailable", 1))?;
+    // Sums are i128; JSON numbers past i64 are not portable, so those go as strings.
+    let totals: serde_json::Map<_, _> = report
+        .totals
+        .iter()
+        .map(|(currency, sum)| {
+            let sum = i64::try_from(*sum).map_or_else(|_| json!(sum.to_string()), |s| json!(s));
+            (currency.code().to_string(), sum)
+        })
+        .collect();
+    Ok(Json(json!({
+        "balanced": report.balanced(),
+        "payments": report.payments,
+        "entries": report.entries,
+        "postings": report.postings,
+        "totals": totals,
+        "problems_total": report.problems.len(),
+        "problems": report.problems.iter().take(LEDGER_PROBLEMS_SHOWN).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
 async fn metrics_text(State(state): State<AppState>) -> Response {
     (
         [(
@@ -422,6 +488,8 @@ pub fn ops_router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/admin/read-only", post(admin_read_only))
         .route("/admin/psps/{psp}/{action}", post(admin_psp))
+        .route("/admin/breakers", get(admin_breakers))
+        .route("/admin/ledger/check", get(admin_ledger_check))
         .fallback(not_found)
         .with_state(state)
 }

@@ -285,6 +285,38 @@ async fn operators_switch_read_only_and_psps_with_the_admin_token() {
     );
     let psps: std::collections::HashSet<String> = futures_psps(&s, &key).await;
     assert!(psps.contains("sim_a"), "enabled again: {psps:?}");
+
+    // A ledger check of the live store, and the breaker changes (none here), for operators.
+    let read = |path: &str, auth: Option<&str>| {
+        let mut req = s.client.get(format!("{}{path}", s.ops));
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    for path in ["/admin/ledger/check", "/admin/breakers"] {
+        problem(read(path, None).await.unwrap(), StatusCode::UNAUTHORIZED).await;
+    }
+    let check: Value = read("/admin/ledger/check", Some(token))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&check["balanced"], &check["payments"], &check["problems"]),
+        (&json!(true), &json!(20), &json!([])),
+        "8 payments while sim_a was off, 12 after: {check}"
+    );
+    let breakers: Value = read("/admin/breakers", Some(token))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(breakers["transitions"], json!([]));
+    let now_ms = breakers["now_ms"].as_i64().unwrap();
+    assert!(now_ms > 0 && now_ms <= s.engine.now_ms(), "{breakers}");
 }
 
 async fn futures_psps(s: &common::Server, key: &str) -> std::collections::HashSet<String> {

@@ -1,7 +1,7 @@
 //! Rialto's simulator: simulated PSPs (in-process, [`psp::SimPsp`], and over HTTP,
 //! [`server`]), the PSP configuration shared by `rialto serve`, `rialto psp-sim` and scenario
 //! files ([`spec::PspSpec`]), and the load generator behind `rialto sim` ([`load`],
-//! [`scenario`], [`report`]). Load always goes through Rialto's real merchant HTTP API.
+//! [`scenario`], [`report`]), with what it learns from a remote target ([`remote`]). Load always goes through Rialto's real merchant HTTP API.
 
 pub mod psp;
 pub mod server;
@@ -9,5 +9,6 @@ pub mod spec;
 
 pub use psp::{Incident, IncidentKind, Latency, SimConfig, SimPsp};
 pub mod load;
+pub mod remote;
 pub mod report;
 pub mod scenario;

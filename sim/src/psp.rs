@@ -380,12 +380,14 @@ impl SimPsp {
             .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    fn now(&self) -> Conditions {
+    /// How long the incident schedule has run.
+    pub fn schedule_elapsed(&self) -> Duration {
         let origin = Duration::from_nanos(self.schedule_origin_ns.load(Ordering::Relaxed));
-        conditions(
-            &self.config.incidents,
-            self.created.elapsed().saturating_sub(origin),
-        )
+        self.created.elapsed().saturating_sub(origin)
+    }
+
+    fn now(&self) -> Conditions {
+        conditions(&self.config.incidents, self.schedule_elapsed())
     }
 
     /// A uniform value in `0..1_000_000` per (seed, key, what).

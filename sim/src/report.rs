@@ -10,21 +10,21 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use crate::load::Measurements;
-use crate::scenario::{Scenario, scaled};
-use crate::spec::IncidentKindSpec;
+use crate::psp::{Incident, IncidentKind};
+use crate::scenario::Scenario;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// What the run found besides the load generator's own measurements.
 #[derive(Debug, Default)]
 pub struct Extras {
-    /// `None` when the ledger could not be checked (a remote `--target`).
+    /// `None` when the ledger could not be checked (a remote `--target` without `--ops`).
     pub ledger_balanced: Option<bool>,
-    /// Per PSP: the simulator's own counters (in-process runs).
-    pub psp_calls: BTreeMap<String, Vec<(&'static str, u64)>>,
+    /// Per PSP: the simulator's own counters (in-process runs, and `rialto psp-sim`s).
+    pub psp_calls: BTreeMap<String, Vec<(String, u64)>>,
     /// Breaker state changes: `{ "t_s", "psp", "from", "to" }`.
     pub breaker_transitions: Vec<Value>,
-    /// The scenario's incidents as applied (in-process runs): see [`incidents`].
+    /// The incidents as applied (the scenario's, or `rialto psp-sim`s'): see [`incident`].
     pub incidents: Vec<Value>,
     pub baseline: Option<Measurements>,
 }
@@ -55,7 +55,7 @@ pub fn build(scenario: &Scenario, scale: f64, m: &Measurements, extras: &Extras)
         let calls: BTreeMap<&str, u64> = extras
             .psp_calls
             .get(id)
-            .map(|c| c.iter().copied().collect())
+            .map(|c| c.iter().map(|(name, n)| (name.as_str(), *n)).collect())
             .unwrap_or_default();
         let latency = m.by_psp_latency_us.get(id).map(percentiles);
         psps.insert(
@@ -119,38 +119,44 @@ pub fn build(scenario: &Scenario, scale: f64, m: &Measurements, extras: &Extras)
 }
 
 /// The scenario's incident schedule on the run's clock (times scaled, in seconds from the
-/// start of the measured load), in order of start: `{ "psp", "kind", "start_s", "end_s" }`,
-/// plus `latency_ms` for a latency spike and `drop_ppm` for dropped calls.
+/// start of the measured load), in order of start: see [`incident`].
 pub fn incidents(scenario: &Scenario, scale: f64) -> Vec<Value> {
-    // Scaled as the simulator scales them, then rounded for the report.
-    let s = |ms: u64| round2(scaled(ms, scale).as_secs_f64());
     let mut all: Vec<_> = scenario
         .psp
         .iter()
-        .flat_map(|p| p.incidents.iter().map(move |i| (p.id.as_str(), i)))
+        .filter_map(|p| Some((p.id.as_str(), p.sim_config(scale).ok()?.incidents)))
+        .flat_map(|(psp, incidents)| incidents.into_iter().map(move |i| (psp, i)))
         .collect();
-    all.sort_by_key(|(_, i)| i.start_ms);
-    all.into_iter()
-        .map(|(psp, i)| {
-            let mut v = json!({
-                "psp": psp,
-                "kind": match i.kind {
-                    IncidentKindSpec::Outage => "outage",
-                    IncidentKindSpec::LatencySpike => "latency_spike",
-                    IncidentKindSpec::Drop => "drop",
-                },
-                "start_s": s(i.start_ms),
-                "end_s": s(i.end_ms),
-            });
-            if let Some(ms) = i.latency_ms {
-                v["latency_ms"] = json!(round2(scaled(ms, scale).as_secs_f64() * 1_000.0));
-            }
-            if let Some(ppm) = i.drop_ppm {
-                v["drop_ppm"] = json!(ppm);
-            }
-            v
-        })
-        .collect()
+    all.sort_by_key(|(_, i)| i.start);
+    all.into_iter().map(|(psp, i)| incident(psp, &i)).collect()
+}
+
+/// A breaker change `ms` after the start of the measured load, as the report gives it.
+pub fn breaker_change(ms: i64, psp: &str, from: &str, to: &str) -> Value {
+    json!({ "t_s": ms as f64 / 1_000.0, "psp": psp, "from": from, "to": to })
+}
+
+/// An incident of `psp` as the report gives it: `{ "psp", "kind", "start_s", "end_s" }`, plus
+/// `latency_ms` for a latency spike and `drop_ppm` for dropped calls.
+pub fn incident(psp: &str, i: &Incident) -> Value {
+    let mut v = json!({
+        "psp": psp,
+        "kind": match i.kind {
+            IncidentKind::Outage => "outage",
+            IncidentKind::LatencySpike { .. } => "latency_spike",
+            IncidentKind::Drop { .. } => "drop",
+        },
+        "start_s": round2(i.start.as_secs_f64()),
+        "end_s": round2(i.end.as_secs_f64()),
+    });
+    match i.kind {
+        IncidentKind::Outage => {}
+        IncidentKind::LatencySpike { latency } => {
+            v["latency_ms"] = json!(round2(latency.as_secs_f64() * 1_000.0));
+        }
+        IncidentKind::Drop { ppm } => v["drop_ppm"] = json!(ppm),
+    }
+    v
 }
 
 /// The table printed at the end of a run.
@@ -225,7 +231,7 @@ pub fn summary(r: &Value) -> String {
     let ledger = match r["ledger_balanced"].as_bool() {
         Some(true) => "balanced",
         Some(false) => "NOT BALANCED",
-        None => "not checked (remote target)",
+        None => "not checked (remote target without --ops)",
     };
     let _ = writeln!(out, "ledger           {ledger}");
     out

@@ -1,7 +1,9 @@
 //! `rialto psp-sim`: a [`SimPsp`] served over HTTP with Rialto's PSP protocol
 //! (`rialto_actors::psp_http`). Every request must carry an `Idempotency-Key` and a valid
 //! HMAC-SHA256 `X-Psp-Signature`; a bad or missing signature is refused with 401 before the
-//! simulator sees the request.
+//! simulator sees the request. Two admin routes, signed the same way, let a load generator
+//! line its run up with the PSP's: `POST /admin/schedule/start` starts the incident schedule
+//! over, and `GET /admin/stats` gives the schedule and the counters.
 
 use std::sync::Arc;
 
@@ -17,7 +19,7 @@ use tracing::Instrument;
 use rialto_actors::psp::{OperationStatus, PspAdapter, PspOutcome, PspRequest};
 use rialto_actors::psp_http::{
     BODY_BYTES_MAX, IDEMPOTENCY_HEADER, OperationRequest, OperationResponse, OperationState,
-    SIGNATURE_HEADER, verify,
+    SIGNATURE_HEADER, SignatureError, verify,
 };
 use rialto_actors::trace_context::continue_trace;
 use rialto_engine::{Currency, Money};
@@ -50,6 +52,19 @@ fn answer(
     .into_response()
 }
 
+/// Verifies the request's signature against the secrets accepted.
+fn signed(
+    served: &Served,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), SignatureError> {
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    let secrets: Vec<&[u8]> = served.secrets.iter().map(Vec::as_slice).collect();
+    verify(&secrets, signature, method.as_str(), uri.path(), body)
+}
+
 /// Checks the signature and extracts the idempotency key; the error is the refusal to send.
 fn authenticate(
     served: &Served,
@@ -58,9 +73,7 @@ fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<String, (StatusCode, String)> {
-    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    let secrets: Vec<&[u8]> = served.secrets.iter().map(Vec::as_slice).collect();
-    if let Err(e) = verify(&secrets, signature, method.as_str(), uri.path(), body) {
+    if let Err(e) = signed(served, method, uri, headers, body) {
         return Err((StatusCode::UNAUTHORIZED, e.to_string()));
     }
     headers
@@ -157,6 +170,62 @@ async fn status(
     }
 }
 
+/// Checks an admin request's signature (signed like an operation, with the PSP's secret).
+fn admin(served: &Served, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
+    signed(served, method, uri, headers, b"")
+        .err()
+        .map(|e| error(StatusCode::UNAUTHORIZED, &e.to_string()))
+}
+
+/// What the simulator is doing: its incident schedule (on the schedule's clock, as in
+/// `rialto sim`'s report), how far that clock is, and its counters.
+fn describe(psp: &SimPsp) -> Response {
+    let incidents: Vec<_> = psp
+        .config()
+        .incidents
+        .iter()
+        .map(|i| crate::report::incident(&psp.config().id, i))
+        .collect();
+    let calls: serde_json::Map<_, _> = psp
+        .stats
+        .snapshot()
+        .into_iter()
+        .map(|(name, n)| (name.to_string(), json!(n)))
+        .collect();
+    axum::Json(json!({
+        "psp": psp.config().id,
+        "schedule_elapsed_s": psp.schedule_elapsed().as_secs_f64(),
+        "incidents": incidents,
+        "calls": calls,
+    }))
+    .into_response()
+}
+
+/// `GET /admin/stats`: see [`describe`].
+async fn stats(
+    State(served): State<Served>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    admin(&served, &method, &uri, &headers).unwrap_or_else(|| describe(&served.psp))
+}
+
+/// `POST /admin/schedule/start`: starts the incident schedule over from now, as `rialto sim`
+/// does when its measured load starts (`--psp-sim`).
+async fn start_schedule(
+    State(served): State<Served>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    admin(&served, &method, &uri, &headers).unwrap_or_else(|| {
+        served.psp.start_schedule();
+        tracing::info!(psp = %served.psp.config().id, "incident schedule started over");
+        describe(&served.psp)
+    })
+}
+
 /// The simulator's routes. `secrets`: the current secret, then any still-accepted previous ones.
 pub fn router(psp: Arc<SimPsp>, secrets: Vec<Vec<u8>>) -> Router {
     assert!(
@@ -170,6 +239,8 @@ pub fn router(psp: Arc<SimPsp>, secrets: Vec<Vec<u8>>) -> Router {
     Router::new()
         .route("/v1/operations/{key}", get(status))
         .route("/v1/{op}", post(operate))
+        .route("/admin/stats", get(stats))
+        .route("/admin/schedule/start", post(start_schedule))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(served)
 }

@@ -1,6 +1,8 @@
 //! The HTTP PSP adapter against `psp-sim`'s router on loopback: they agree on the protocol and
 //! its signatures, a wrong secret is refused before the simulator acts, a secret rotation keeps
 //! working, and a call whose answer never comes is `Unknown` until a status query settles it.
+//! A load generator (`rialto sim --psp-sim`) restarts the simulator's incident schedule and
+//! reads its counters through signed admin routes.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,12 +11,19 @@ use std::time::Duration;
 use rialto_actors::psp::{OperationStatus, PspAdapter, PspOutcome, PspRequest};
 use rialto_actors::psp_http::HttpPsp;
 use rialto_engine::{Currency, Money};
-use rialto_sim::{Latency, SimConfig, SimPsp};
+use rialto_sim::remote::{Observers, PspSim};
+use rialto_sim::{Incident, IncidentKind, Latency, SimConfig, SimPsp};
+use serde_json::json;
 
 async fn psp_sim(secrets: &[&str]) -> (String, Arc<SimPsp>) {
+    psp_sim_with(secrets, Vec::new()).await
+}
+
+async fn psp_sim_with(secrets: &[&str], incidents: Vec<Incident>) -> (String, Arc<SimPsp>) {
     let sim = Arc::new(SimPsp::new(SimConfig {
         latency: Latency::Fixed(Duration::from_millis(1)),
         hang: Duration::from_secs(5),
+        incidents,
         ..SimConfig::new("remote")
     }));
     let router = rialto_sim::server::router(
@@ -138,4 +147,46 @@ async fn an_answer_that_never_comes_is_unknown_until_a_status_query() {
             .await,
         PspOutcome::SoftFailure { .. }
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_admin_request_starts_the_schedule_over_and_reads_the_counters() {
+    let outage = Incident {
+        kind: IncidentKind::Outage,
+        start: Duration::from_secs(10),
+        end: Duration::from_millis(20_500),
+    };
+    let (url, sim) = psp_sim_with(&["secret-now"], vec![outage]).await;
+    let observers = |secret: &str| {
+        // Rialto's id for this PSP, which the report uses, is not the simulator's own.
+        let p = PspSim::parse(&format!("primary={url}/"), secret).unwrap();
+        Observers::new(None, vec![p]).unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let forged = observers("wrong-secret");
+    let refused = forged.start_schedules().await.unwrap_err();
+    assert!(format!("{refused:#}").contains("401"), "{refused:#}");
+    assert!(forged.psp_sims_now().await.is_err());
+    let ran = sim.schedule_elapsed();
+    assert!(ran >= Duration::from_millis(200), "not restarted: {ran:?}");
+
+    let signed = observers("secret-now");
+    signed.start_schedules().await.unwrap();
+    assert!(sim.schedule_elapsed() < ran, "restarted");
+    let psp = HttpPsp::new("remote", &url, b"secret-now", Duration::from_secs(2)).unwrap();
+    assert!(matches!(
+        psp.authorize(&req("pay_1:authorize", "pm_sim_approve"))
+            .await,
+        PspOutcome::Approved { .. }
+    ));
+    let (incidents, calls) = signed.psp_sims_now().await.unwrap();
+    assert_eq!(
+        incidents,
+        [json!({"psp": "primary", "kind": "outage", "start_s": 10.0, "end_s": 20.5})]
+    );
+    let calls = &calls["primary"];
+    let count = |name: &str| calls.iter().find(|(n, _)| n == name).map(|(_, n)| *n);
+    assert_eq!((count("calls"), count("approved")), (Some(1), Some(1)));
+    assert_eq!(sim.stats.calls.load(Ordering::Relaxed), 1);
 }
