@@ -297,23 +297,18 @@ async fn operators_switch_read_only_and_psps_with_the_admin_token() {
     for path in ["/admin/ledger/check", "/admin/breakers"] {
         problem(read(path, None).await.unwrap(), StatusCode::UNAUTHORIZED).await;
     }
-    let check: Value = read("/admin/ledger/check", Some(token))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = |path| async move {
+        let r = read(path, Some(token)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        r.json::<Value>().await.unwrap()
+    };
+    let check = answer("/admin/ledger/check").await;
     assert_eq!(
         (&check["balanced"], &check["payments"], &check["problems"]),
         (&json!(true), &json!(20), &json!([])),
         "8 payments while sim_a was off, 12 after: {check}"
     );
-    let breakers: Value = read("/admin/breakers", Some(token))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let breakers = answer("/admin/breakers").await;
     assert_eq!(breakers["transitions"], json!([]));
     let now_ms = breakers["now_ms"].as_i64().unwrap();
     assert!(now_ms > 0 && now_ms <= s.engine.now_ms(), "{breakers}");
