@@ -452,6 +452,21 @@ fn reached(incidents: Vec<serde_json::Value>, ran_s: f64) -> Vec<serde_json::Val
         .collect()
 }
 
+/// Asks a `--target` run's observers what the report needs from them.
+async fn observe(
+    observers: &remote::Observers,
+    extras: &mut Extras,
+    started_ms: i64,
+    ran_s: f64,
+) -> anyhow::Result<()> {
+    let (incidents, psp_calls) = observers.psp_sims_now().await?;
+    extras.incidents = reached(incidents, ran_s);
+    extras.psp_calls = psp_calls;
+    extras.breaker_transitions = observers.breaker_transitions(started_ms).await?;
+    extras.ledger_balanced = observers.ledger_balanced().await?;
+    Ok(())
+}
+
 /// Runs a scenario, prints the summary, writes the report; fails if the ledger does not balance.
 async fn simulate(
     scenario: Scenario,
@@ -464,7 +479,10 @@ async fn simulate(
     let mut extras = Extras::default();
     let mut local = None;
     let target = match &remote {
-        Some(remote) => remote.target.clone(),
+        Some(remote) => {
+            remote.observers.check().await?;
+            remote.target.clone()
+        }
         None => {
             let mut config = Config {
                 listen: ([127, 0, 0, 1], 0).into(),
@@ -544,14 +562,13 @@ async fn simulate(
     let started_ms = SystemClock.now_ms();
     let measured = load::run(&scenario, &target, &options).await?;
     let ran_s = measured.duration.as_secs_f64();
-    if let Some(remote) = &remote {
-        let observers = &remote.observers;
-        let (incidents, psp_calls) = observers.psp_sims_now().await?;
-        extras.incidents = reached(incidents, ran_s);
-        extras.psp_calls = psp_calls;
-        extras.breaker_transitions = observers.breaker_transitions(started_ms).await?;
-        extras.ledger_balanced = observers.ledger_balanced().await?;
-    }
+    // What the target could not tell after the load: the report is still written without it.
+    let unobserved = match &remote {
+        Some(remote) => observe(&remote.observers, &mut extras, started_ms, ran_s)
+            .await
+            .err(),
+        None => None,
+    };
     if let Some(running) = local {
         extras.incidents = reached(report::incidents(&scenario, options.scale), ran_s);
         extras.breaker_transitions = running
@@ -584,6 +601,9 @@ async fn simulate(
             "report written to {}/report.json and report.html",
             dir.display()
         );
+    }
+    if let Some(e) = unobserved {
+        return Err(e.context("the report lacks what the target could not tell"));
     }
     Ok(if extras.ledger_balanced == Some(false) {
         ExitCode::FAILURE

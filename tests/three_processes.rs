@@ -62,6 +62,30 @@ async fn psp_sim_serve_and_sim_target_work_together() {
         "name = \"remote-outage\"\n[load]\nmode = \"closed\"\nvus = 20\nhold_ms = 7000\n",
     );
 
+    // A wrong admin token fails the run before its load: no payment is made (the journal
+    // entries counted at the end are the real run's alone).
+    let refused = Command::new(BIN)
+        .args([
+            "sim",
+            "--scenario-file",
+            &scenario,
+            "--quiet",
+            "--target",
+            &api_url,
+            "--ops",
+            &ops_url,
+        ])
+        .env("RIALTO_API_KEY", &key)
+        .env("RIALTO_ADMIN_TOKEN", "not-the-admin-token")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("401"),
+        "{stderr}"
+    );
+
     let report_dir = dir.path().join("report");
     let sim = Command::new(BIN)
         .args([

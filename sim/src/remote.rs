@@ -88,14 +88,6 @@ impl Observers {
         })
     }
 
-    pub fn has_ops(&self) -> bool {
-        self.ops.is_some()
-    }
-
-    pub fn has_psp_sims(&self) -> bool {
-        !self.psp_sims.is_empty()
-    }
-
     async fn psp_sim(&self, p: &PspSim, method: Method, path: &str) -> anyhow::Result<Value> {
         let signature = sign(p.secret.as_bytes(), method.as_str(), path, b"");
         let request = self
@@ -117,6 +109,18 @@ impl Observers {
             .bearer_auth(&ops.admin_token)
             .timeout(timeout);
         json_of(request, &format!("ops {}{path}", ops.base_url)).await
+    }
+
+    /// Asks each of them something, so that a wrong address, token or secret fails the run
+    /// before its load rather than after.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        if let Some(ops) = &self.ops {
+            self.ops(ops, "/admin/breakers", READ_TIMEOUT).await?;
+        }
+        for p in &self.psp_sims {
+            self.psp_sim(p, Method::GET, "/admin/stats").await?;
+        }
+        Ok(())
     }
 
     /// Starts every PSP simulator's incident schedule over, now.
