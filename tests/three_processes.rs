@@ -62,20 +62,18 @@ async fn psp_sim_serve_and_sim_target_work_together() {
         "name = \"remote-outage\"\n[load]\nmode = \"closed\"\nvus = 20\nhold_ms = 7000\n",
     );
 
+    // `rialto sim --target` with the ops listener, and `more` arguments.
+    let sim_at = |more: &[&str]| {
+        let mut sim = Command::new(BIN);
+        sim.args(["sim", "--scenario-file", &scenario, "--quiet"])
+            .args(["--target", &api_url, "--ops", &ops_url])
+            .args(more)
+            .env("RIALTO_API_KEY", &key);
+        sim
+    };
     // A wrong admin token fails the run before its load: no payment is made (the journal
     // entries counted at the end are the real run's alone).
-    let refused = Command::new(BIN)
-        .args([
-            "sim",
-            "--scenario-file",
-            &scenario,
-            "--quiet",
-            "--target",
-            &api_url,
-            "--ops",
-            &ops_url,
-        ])
-        .env("RIALTO_API_KEY", &key)
+    let refused = sim_at(&[])
         .env("RIALTO_ADMIN_TOKEN", "not-the-admin-token")
         .output()
         .await
@@ -87,22 +85,9 @@ async fn psp_sim_serve_and_sim_target_work_together() {
     );
 
     let report_dir = dir.path().join("report");
-    let sim = Command::new(BIN)
-        .args([
-            "sim",
-            "--scenario-file",
-            &scenario,
-            "--quiet",
-            "--target",
-            &api_url,
-            "--ops",
-            &ops_url,
-            "--psp-sim",
-            &format!("remote={psp_url}"),
-            "--report",
-        ])
+    let psp_sim = format!("remote={psp_url}");
+    let sim = sim_at(&["--psp-sim", &psp_sim, "--report"])
         .arg(&report_dir)
-        .env("RIALTO_API_KEY", &key)
         .env("RIALTO_ADMIN_TOKEN", admin_token)
         .env("RIALTO_PSP_SECRET", "loopback-secret")
         .output()
