@@ -318,6 +318,9 @@ struct Marks<'a> {
     incidents: &'a [Value],
     /// `breaker_transitions` of report.json.
     transitions: &'a [Value],
+    /// How long the load ran: changes after it (while its last payments settled) are past
+    /// the charts' end, so only the table shows them.
+    load_s: f64,
 }
 
 /// The plot area of a chart over the run's seconds.
@@ -419,7 +422,11 @@ fn line_chart(
         r##"<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#888"/><line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#888"/>"##
     );
     for t in marks.transitions {
-        let x = frame.x(t["t_s"].as_f64().unwrap_or(0.0));
+        let t_s = t["t_s"].as_f64().unwrap_or(0.0);
+        if t_s > marks.load_s {
+            continue;
+        }
+        let x = frame.x(t_s);
         let to = t["to"].as_str().unwrap_or("");
         let _ = write!(
             svg,
@@ -484,9 +491,15 @@ fn events_table(marks: &Marks) -> String {
         ));
     }
     for t in marks.transitions {
+        let t_s = t["t_s"].as_f64().unwrap_or(0.0);
+        let after = if t_s > marks.load_s {
+            " (after the load)"
+        } else {
+            ""
+        };
         rows.push((
-            t["t_s"].as_f64().unwrap_or(0.0),
-            format!("{} s", number(&t["t_s"])),
+            t_s,
+            format!("{} s{after}", number(&t["t_s"])),
             t["psp"].as_str().unwrap_or("").to_string(),
             format!(
                 "breaker {} → {}",
@@ -588,6 +601,7 @@ pub fn html(r: &Value) -> String {
     let marks = Marks {
         incidents: r["incidents"].as_array().unwrap_or(&none),
         transitions: r["breaker_transitions"].as_array().unwrap_or(&none),
+        load_s: r["duration_s"].as_f64().unwrap_or(f64::INFINITY),
     };
     let (payments, errors) = (column("payments"), column("errors"));
     let throughput = line_chart(
@@ -749,7 +763,11 @@ end_ms = 20000
         let r = json!({
             "scenario": "psp-outage", "series": series, "psps": {},
             "incidents": [{"psp": "psp_primary", "kind": "outage", "start_s": 30.0, "end_s": 60.0}],
-            "breaker_transitions": [{"t_s": 36.5, "psp": "psp_primary", "from": "closed", "to": "open"}],
+            "breaker_transitions": [
+                {"t_s": 36.5, "psp": "psp_primary", "from": "closed", "to": "open"},
+                {"t_s": 97.25, "psp": "psp_primary", "from": "open", "to": "half_open"},
+            ],
+            "duration_s": 91.0,
         });
         let page = html(&r);
         let frame = Frame { seconds: 90.0 };
@@ -762,6 +780,13 @@ end_ms = 20000
         assert_eq!(page.matches(&band).count(), 2, "on both charts: {band}");
         let marker = format!(r#"<line class="breaker" x1="{:.1}""#, frame.x(36.5));
         assert_eq!(page.matches(&marker).count(), 2, "on both charts: {marker}");
+        assert_eq!(
+            page.matches(r#"<line class="breaker""#).count(),
+            2,
+            "a change after the load is not drawn at the charts' edge"
+        );
+        let settling = "<tr><td>97.25 s (after the load)</td><td>psp_primary</td><td>breaker open → half_open</td></tr>";
+        assert!(page.contains(settling), "the table still lists it");
         let outage =
             "<tr><td>30 – 60 s</td><td>psp_primary</td><td>outage: every call refused</td></tr>";
         let opened = "<tr><td>36.5 s</td><td>psp_primary</td><td>breaker closed → open</td></tr>";
