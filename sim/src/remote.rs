@@ -8,13 +8,15 @@
 //!   end. `ID` is the PSP's id in Rialto's config, the one payments report.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use reqwest::{Method, RequestBuilder};
 use serde_json::{Value, json};
 
+use rialto_actors::SystemClock;
 use rialto_actors::psp_http::{SIGNATURE_HEADER, sign};
+use rialto_engine::Clock;
 
 use crate::report::breaker_change;
 
@@ -58,13 +60,6 @@ pub struct Observers {
     client: reqwest::Client,
     ops: Option<Ops>,
     psp_sims: Vec<PspSim>,
-}
-
-fn now_ms() -> i64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 async fn json_of(request: RequestBuilder, what: &str) -> anyhow::Result<Value> {
@@ -171,7 +166,8 @@ impl Observers {
             return Ok(Vec::new());
         };
         let answer = self.ops(ops, "/admin/breakers", READ_TIMEOUT).await?;
-        let server_ahead_ms = answer["now_ms"].as_i64().context("no now_ms")? - now_ms();
+        let server_ahead_ms =
+            answer["now_ms"].as_i64().context("no now_ms")? - SystemClock.now_ms();
         let started_ms = started_ms + server_ahead_ms;
         Ok(answer["transitions"]
             .as_array()
