@@ -50,7 +50,11 @@ pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
     let mut sims = Vec::new();
     for spec in &config.psp {
         let built = spec
-            .adapter(scale, engine_config.psp_call_timeout)
+            .adapter(
+                scale,
+                engine_config.psp_call_timeout,
+                engine_config.psp_inflight_max,
+            )
             .map_err(anyhow::Error::msg)?;
         adapters.push(built.adapter);
         sims.extend(built.sim);

@@ -196,16 +196,21 @@ pub struct HttpPsp {
 
 impl HttpPsp {
     /// `timeout` bounds one HTTP exchange; the PSP supervisor's call timeout bounds it again.
+    /// `concurrency` is the PSP's bulkhead: the most calls in flight at once, each on a
+    /// connection of its own. That many connections are kept open once opened, so a dip in
+    /// traffic does not close connections the next rise must open again (each closed one
+    /// holding a local port in TIME_WAIT).
     pub fn new(
         id: &str,
         base_url: &str,
         secret: &[u8],
         timeout: Duration,
+        concurrency: usize,
     ) -> Result<HttpPsp, String> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(1_024)
+            .pool_max_idle_per_host(concurrency.max(1))
             .build()
             .map_err(|e| format!("http client for psp {id}: {e}"))?;
         if secret.is_empty() {

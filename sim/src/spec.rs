@@ -224,8 +224,13 @@ impl PspSpec {
     }
 
     /// The adapter Rialto uses for this PSP: an in-process simulator (times scaled by `scale`)
-    /// or the HTTP adapter.
-    pub fn adapter(&self, scale: f64, call_timeout: Duration) -> Result<BuiltPsp, String> {
+    /// or the HTTP adapter, sized for this PSP's bulkhead (`inflight_max`, else the engine's).
+    pub fn adapter(
+        &self,
+        scale: f64,
+        call_timeout: Duration,
+        engine_inflight_max: usize,
+    ) -> Result<BuiltPsp, String> {
         self.validate()?;
         match self.kind {
             PspKind::Sim => {
@@ -238,7 +243,9 @@ impl PspSpec {
             PspKind::Http => {
                 let url = self.url.as_deref().unwrap_or_default();
                 let secret = self.secret.as_deref().unwrap_or_default();
-                let http = HttpPsp::new(&self.id, url, secret.as_bytes(), call_timeout)?;
+                let concurrency = self.inflight_max.unwrap_or(engine_inflight_max);
+                let http =
+                    HttpPsp::new(&self.id, url, secret.as_bytes(), call_timeout, concurrency)?;
                 Ok(BuiltPsp {
                     adapter: Arc::new(http),
                     sim: None,

@@ -5,7 +5,7 @@
 //! reads its counters through signed admin routes.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rialto_actors::psp::{OperationStatus, PspAdapter, PspOutcome, PspRequest};
@@ -49,7 +49,7 @@ fn req(key: &str, method: &str) -> PspRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adapter_and_simulator_agree_and_a_bad_signature_is_refused() {
     let (url, sim) = psp_sim(&["secret-now"]).await;
-    let psp = HttpPsp::new("remote", &url, b"secret-now", Duration::from_secs(2)).unwrap();
+    let psp = HttpPsp::new("remote", &url, b"secret-now", Duration::from_secs(2), 8).unwrap();
 
     let auth = psp
         .authorize(&req("pay_1:authorize", "pm_sim_approve"))
@@ -85,7 +85,7 @@ async fn adapter_and_simulator_agree_and_a_bad_signature_is_refused() {
     );
 
     let calls_before = sim.stats.calls.load(Ordering::Relaxed);
-    let forged = HttpPsp::new("remote", &url, b"wrong-secret", Duration::from_secs(2)).unwrap();
+    let forged = HttpPsp::new("remote", &url, b"wrong-secret", Duration::from_secs(2), 8).unwrap();
     let refused = forged
         .authorize(&req("pay_3:authorize", "pm_sim_approve"))
         .await;
@@ -109,7 +109,8 @@ async fn adapter_and_simulator_agree_and_a_bad_signature_is_refused() {
 async fn a_rotated_secret_keeps_working_during_the_rotation() {
     let (url, _) = psp_sim(&["new-secret", "old-secret"]).await;
     for secret in ["new-secret", "old-secret"] {
-        let psp = HttpPsp::new("remote", &url, secret.as_bytes(), Duration::from_secs(2)).unwrap();
+        let psp =
+            HttpPsp::new("remote", &url, secret.as_bytes(), Duration::from_secs(2), 8).unwrap();
         let key = format!("pay_{secret}:authorize");
         assert!(
             matches!(
@@ -124,7 +125,7 @@ async fn a_rotated_secret_keeps_working_during_the_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_that_never_comes_is_unknown_until_a_status_query() {
     let (url, _) = psp_sim(&["s"]).await;
-    let psp = HttpPsp::new("remote", &url, b"s", Duration::from_millis(200)).unwrap();
+    let psp = HttpPsp::new("remote", &url, b"s", Duration::from_millis(200), 8).unwrap();
     let outcome = psp
         .authorize(&req("pay_t:authorize", "pm_sim_timeout"))
         .await;
@@ -140,6 +141,7 @@ async fn an_answer_that_never_comes_is_unknown_until_a_status_query() {
         "http://127.0.0.1:1",
         b"s",
         Duration::from_millis(200),
+        8,
     )
     .unwrap();
     assert!(matches!(
@@ -174,7 +176,7 @@ async fn a_signed_admin_request_starts_the_schedule_over_and_reads_the_counters(
     let signed = observers("secret-now");
     signed.start_schedules().await.unwrap();
     assert!(sim.schedule_elapsed() < ran, "restarted");
-    let psp = HttpPsp::new("remote", &url, b"secret-now", Duration::from_secs(2)).unwrap();
+    let psp = HttpPsp::new("remote", &url, b"secret-now", Duration::from_secs(2), 8).unwrap();
     assert!(matches!(
         psp.authorize(&req("pay_1:authorize", "pm_sim_approve"))
             .await,
@@ -189,4 +191,53 @@ async fn a_signed_admin_request_starts_the_schedule_over_and_reads_the_counters(
     let count = |name: &str| calls.iter().find(|(n, _)| n == name).map(|(_, n)| *n);
     assert_eq!((count("calls"), count("approved")), (Some(1), Some(1)));
     assert_eq!(sim.stats.calls.load(Ordering::Relaxed), 1);
+}
+
+/// Connections a psp-sim accepted, for a simulator whose every call takes `latency`.
+async fn counted_psp_sim(latency: Duration) -> (String, Arc<AtomicUsize>) {
+    use axum::serve::ListenerExt;
+    let sim = Arc::new(SimPsp::new(SimConfig {
+        latency: Latency::Fixed(latency),
+        ..SimConfig::new("remote")
+    }));
+    let router = rialto_sim::server::router(sim, vec![b"s".to_vec()]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let listener = listener.tap_io(move |_| {
+        count.fetch_add(1, Ordering::Relaxed);
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adapter_keeps_a_connection_for_every_call_its_bulkhead_allows() {
+    // Two rounds of 8 calls at once, each call on its own connection for 100 ms.
+    async fn two_rounds(concurrency: usize) -> usize {
+        let (url, accepted) = counted_psp_sim(Duration::from_millis(100)).await;
+        let psp = HttpPsp::new("remote", &url, b"s", Duration::from_secs(5), concurrency).unwrap();
+        let psp = Arc::new(psp);
+        for round in 0..2 {
+            let mut calls = tokio::task::JoinSet::new();
+            for i in 0..8 {
+                let (psp, key) = (psp.clone(), format!("pay_{round}_{i}:authorize"));
+                calls.spawn(async move { psp.authorize(&req(&key, "pm_sim_approve")).await });
+            }
+            for outcome in calls.join_all().await {
+                assert!(
+                    matches!(outcome, PspOutcome::Approved { .. }),
+                    "{outcome:?}"
+                );
+            }
+            // The connections go back to the pool once their answers are read.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        accepted.load(Ordering::Relaxed)
+    }
+    // Sized for 8, the second round reuses the first round's 8 connections.
+    assert_eq!(two_rounds(8).await, 8);
+    // Sized for 2, six of them were closed after the first round and opened again.
+    assert!(two_rounds(2).await > 8);
 }
