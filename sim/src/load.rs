@@ -17,6 +17,9 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use axum::http::{Method, StatusCode, header};
+
+use crate::client::Client;
 use crate::scenario::{LoadMode, MixSpec, Scenario, scaled};
 
 /// Where the load goes.
@@ -346,8 +349,9 @@ struct Answer {
 }
 
 struct Worker {
-    client: reqwest::Client,
-    target: Target,
+    client: Arc<Client>,
+    /// `Bearer <the target's API key>`.
+    bearer: String,
     recorder: Arc<Recorder>,
     mix: MixSpec,
     run_id: String,
@@ -356,29 +360,26 @@ struct Worker {
 
 impl Worker {
     async fn post(&self, path: &str, key: &str, body: &Value) -> Result<(u16, Answer), String> {
-        let response = self
+        let headers = [
+            (header::AUTHORIZATION, self.bearer.as_str()),
+            (header::HeaderName::from_static("idempotency-key"), key),
+            (header::CONTENT_TYPE, "application/json"),
+        ];
+        let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        let reply = self
             .client
-            .post(format!("{}{path}", self.target.base_url))
-            .bearer_auth(&self.target.api_key)
-            .header("Idempotency-Key", key)
-            .json(body)
-            .send()
+            .send(Method::POST, path, &headers, Some(body))
             .await
             .map_err(|_| "transport_error".to_string())?;
-        let status = response.status().as_u16();
-        let body = response.json::<Answer>().await.unwrap_or_default();
-        Ok((status, body))
+        let answer = serde_json::from_slice::<Answer>(&reply.body).unwrap_or_default();
+        Ok((reply.status.as_u16(), answer))
     }
 
     /// One payment's whole flow; latency of the first request counts from `scheduled`.
     async fn iterate(&self, rng: &mut Rng, n: u64, scheduled: Instant) {
         if self.trivial {
-            let sent = self
-                .client
-                .get(format!("{}/ping", self.target.base_url))
-                .send()
-                .await;
-            let ok = matches!(&sent, Ok(r) if r.status().is_success());
+            let sent = self.client.send(Method::GET, "/ping", &[], None).await;
+            let ok = matches!(&sent, Ok(r) if r.status.is_success());
             self.recorder
                 .record(Kind::Payment, scheduled, scheduled.elapsed(), !ok);
             self.recorder.failure(if ok {
@@ -481,7 +482,7 @@ impl Worker {
     /// show the same: an answer is only given once what it says is durable.
     async fn look_up(&self, id: &str, expected: Option<&str>) -> Option<String> {
         let started = Instant::now();
-        let read = read_payment(&self.client, &self.target, id).await;
+        let read = read_payment(&self.client, &self.bearer, id).await;
         let stale = match (&read, expected) {
             (Some(a), Some(seen)) => a.status != seen,
             _ => false,
@@ -512,11 +513,10 @@ pub async fn run(
     target: &Target,
     options: &Options,
 ) -> anyhow::Result<Measurements> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(4_096)
-        .timeout(Duration::from_secs(120))
-        .build()
-        .context("building the HTTP client")?;
+    let client = Arc::new(
+        Client::new(&target.base_url, Duration::from_secs(120)).map_err(anyhow::Error::msg)?,
+    );
+    let bearer = format!("Bearer {}", target.api_key);
     let recorder = Arc::new(Recorder::new());
     let load = &scenario.load;
     let ramp = scaled(load.ramp_ms, options.scale);
@@ -528,7 +528,7 @@ pub async fn run(
     );
     let worker = Arc::new(Worker {
         client: client.clone(),
-        target: target.clone(),
+        bearer: bearer.clone(),
         recorder: recorder.clone(),
         mix: scenario.mix.clone(),
         run_id: format!(
@@ -638,7 +638,7 @@ pub async fn run(
     }
     let unresolved = settle(
         &client,
-        target,
+        &bearer,
         &recorder,
         options.settle_max,
         options.progress,
@@ -672,23 +672,22 @@ async fn until_stopped(stop: &mut watch::Receiver<bool>, wait: Duration) -> bool
 }
 
 /// `GET /v1/payments/{id}`: the payment, if it could be read.
-async fn read_payment(client: &reqwest::Client, target: &Target, id: &str) -> Option<Answer> {
-    let response = client
-        .get(format!("{}/v1/payments/{id}", target.base_url))
-        .bearer_auth(&target.api_key)
-        .send()
+async fn read_payment(client: &Client, bearer: &str, id: &str) -> Option<Answer> {
+    let path = format!("/v1/payments/{id}");
+    let reply = client
+        .send(Method::GET, &path, &[(header::AUTHORIZATION, bearer)], None)
         .await
         .ok()
-        .filter(|r| r.status() == reqwest::StatusCode::OK)?;
-    let p = response.json::<Answer>().await.ok()?;
+        .filter(|r| r.status == StatusCode::OK)?;
+    let p = serde_json::from_slice::<Answer>(&reply.body).ok()?;
     (!p.status.is_empty() && !p.psp.is_empty()).then_some(p)
 }
 
 /// Polls payments that were still in flight at the end until they settle (or time runs out);
 /// says so on the terminal (`tell`) if there are any.
 async fn settle(
-    client: &reqwest::Client,
-    target: &Target,
+    client: &Client,
+    bearer: &str,
     recorder: &Recorder,
     settle_max: Duration,
     tell: bool,
@@ -712,7 +711,7 @@ async fn settle(
             told = true;
         }
         for id in open {
-            if let Some(p) = read_payment(client, target, &id).await {
+            if let Some(p) = read_payment(client, bearer, &id).await {
                 recorder.payment(&id, &p.psp, &p.status);
             }
         }

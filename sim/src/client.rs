@@ -1,0 +1,236 @@
+//! The load generator's HTTP/1.1 client: one connection per request in flight, each kept for
+//! the whole run once opened.
+//!
+//! A general-purpose pool (reqwest's) races a new connection against the return of an idle
+//! one whenever none is free, keeps the winner and closes idle connections above its limit.
+//! Under an open-loop load past the server's capacity, that opened and closed connections
+//! continuously: every closed one holds a local port in TIME_WAIT, and the kernel's search for
+//! a free port took half of the generator's CPU on a machine it shares with the server. Here a
+//! request takes an idle connection or opens one, and gives it back when its answer is read,
+//! so the connections never outnumber the requests the load has had in flight at once.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+
+type Connection = SendRequest<Full<Bytes>>;
+
+/// A server's answer, read whole.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+pub struct Client {
+    /// `host:port`, to connect to and to send as `Host`.
+    authority: String,
+    host: HeaderValue,
+    /// A path the target's URL starts with, put before every request's path.
+    prefix: String,
+    idle: Mutex<Vec<Connection>>,
+    /// Bounds one exchange, connecting included.
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client for `base_url` (`http://host:port`, optionally with a path prefix).
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Client, String> {
+        let rest = base_url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("`{base_url}`: the load generator speaks plain http://"))?;
+        let (authority, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(format!("`{base_url}` names no host"));
+        }
+        let authority = if authority.contains(':') && !authority.ends_with(']') {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(Client {
+            host: HeaderValue::from_str(&authority).map_err(|e| format!("`{base_url}`: {e}"))?,
+            authority,
+            prefix: prefix.to_string(),
+            idle: Mutex::new(Vec::new()),
+            timeout,
+        })
+    }
+
+    /// Connections open and not in use.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    async fn connect(&self) -> Result<Connection, String> {
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", self.authority))?;
+        let _ = stream.set_nodelay(true); // Best effort: only latency depends on it.
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("http handshake: {e}"))?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// Sends one request and reads its answer whole. `headers` are added to `Host`.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(header::HeaderName, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, String> {
+        let build = || {
+            let mut request = Request::builder()
+                .method(method.clone())
+                .uri(format!("{}{path}", self.prefix))
+                .header(header::HOST, self.host.clone());
+            for (name, value) in headers {
+                request = request.header(name, *value);
+            }
+            request
+                .body(Full::new(Bytes::from(body.clone().unwrap_or_default())))
+                .map_err(|e| format!("building the request: {e}"))
+        };
+        let exchange = async {
+            // An idle connection the server has closed fails before the request leaves
+            // (canceled): send it again on a new connection, once.
+            let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            if let Some(connection) = reused {
+                match self.exchange(connection, build()?).await {
+                    Err(Retry::Canceled) => {}
+                    Err(Retry::Failed(e)) => return Err(e),
+                    Ok(answer) => return Ok(answer),
+                }
+            }
+            match self.exchange(self.connect().await?, build()?).await {
+                Ok(answer) => Ok(answer),
+                Err(Retry::Canceled) => Err("connection closed before the request left".into()),
+                Err(Retry::Failed(e)) => Err(e),
+            }
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| format!("no answer in {:?}", self.timeout))?
+    }
+
+    async fn exchange(
+        &self,
+        mut connection: Connection,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Reply, Retry> {
+        let failed = |e: hyper::Error| {
+            if e.is_canceled() {
+                Retry::Canceled
+            } else {
+                Retry::Failed(format!("http: {e}"))
+            }
+        };
+        connection.ready().await.map_err(failed)?;
+        let response = connection.send_request(request).await.map_err(failed)?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| Retry::Failed(format!("reading the answer: {e}")))?
+            .to_bytes();
+        if !connection.is_closed() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(connection);
+        }
+        Ok(Reply {
+            status: parts.status,
+            body,
+        })
+    }
+}
+
+enum Retry {
+    /// The request never left: another connection may send it.
+    Canceled,
+    Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::serve::ListenerExt;
+
+    use super::*;
+
+    /// A server on loopback whose `/slow` answers after 100 ms, and the connections it accepted.
+    async fn server() -> (String, Arc<AtomicUsize>) {
+        let router = axum::Router::new().route(
+            "/slow",
+            axum::routing::post(|body: Bytes| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                body
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let listener = listener.tap_io(move |_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (url, accepted)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_request_in_flight_has_a_connection_and_keeps_it_for_the_next() {
+        let (url, accepted) = server().await;
+        let client = Arc::new(Client::new(&url, Duration::from_secs(5)).unwrap());
+        for round in 0..3 {
+            let mut requests = tokio::task::JoinSet::new();
+            // 8 at once, then 3: never more connections than requests at once.
+            for i in 0..if round == 1 { 3 } else { 8 } {
+                let client = client.clone();
+                requests.spawn(async move {
+                    let body = format!("{round}-{i}").into_bytes();
+                    let reply = client.send(Method::POST, "/slow", &[], Some(body)).await;
+                    (reply.unwrap(), format!("{round}-{i}"))
+                });
+            }
+            for (reply, sent) in requests.join_all().await {
+                assert_eq!(
+                    (reply.status, &reply.body[..]),
+                    (StatusCode::OK, sent.as_bytes())
+                );
+            }
+            assert_eq!(client.idle(), 8);
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn urls_give_an_address_a_host_and_a_prefix() {
+        let c = Client::new("http://127.0.0.1:8080", Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            (c.authority.as_str(), c.prefix.as_str()),
+            ("127.0.0.1:8080", "")
+        );
+        let c = Client::new("http://localhost/rialto/", Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            (c.authority.as_str(), c.prefix.as_str()),
+            ("localhost:80", "/rialto")
+        );
+        assert_eq!(c.host, "localhost:80");
+        assert!(Client::new("https://example.com", Duration::from_secs(1)).is_err());
+        assert!(Client::new("http:///x", Duration::from_secs(1)).is_err());
+    }
+}
