@@ -164,58 +164,7 @@ enum Retry {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use axum::serve::ListenerExt;
-
     use super::*;
-
-    /// A server on loopback whose `/slow` answers after 100 ms, and the connections it accepted.
-    async fn server() -> (String, Arc<AtomicUsize>) {
-        let router = axum::Router::new().route(
-            "/slow",
-            axum::routing::post(|body: Bytes| async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                body
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        let listener = listener.tap_io(move |_| {
-            count.fetch_add(1, Ordering::Relaxed);
-        });
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        (url, accepted)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn each_request_in_flight_has_a_connection_and_keeps_it_for_the_next() {
-        let (url, accepted) = server().await;
-        let client = Arc::new(Client::new(&url, Duration::from_secs(5)).unwrap());
-        for round in 0..3 {
-            let mut requests = tokio::task::JoinSet::new();
-            // 8 at once, then 3: never more connections than requests at once.
-            for i in 0..if round == 1 { 3 } else { 8 } {
-                let client = client.clone();
-                requests.spawn(async move {
-                    let body = format!("{round}-{i}").into_bytes();
-                    let reply = client.send(Method::POST, "/slow", &[], Some(body)).await;
-                    (reply.unwrap(), format!("{round}-{i}"))
-                });
-            }
-            for (reply, sent) in requests.join_all().await {
-                assert_eq!(
-                    (reply.status, &reply.body[..]),
-                    (StatusCode::OK, sent.as_bytes())
-                );
-            }
-            assert_eq!(client.idle(), 8);
-        }
-        assert_eq!(accepted.load(Ordering::Relaxed), 8);
-    }
 
     #[test]
     fn urls_give_an_address_a_host_and_a_prefix() {

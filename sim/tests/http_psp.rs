@@ -5,7 +5,7 @@
 //! reads its counters through signed admin routes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rialto_actors::psp::{OperationStatus, PspAdapter, PspOutcome, PspRequest};
@@ -191,53 +191,4 @@ async fn a_signed_admin_request_starts_the_schedule_over_and_reads_the_counters(
     let count = |name: &str| calls.iter().find(|(n, _)| n == name).map(|(_, n)| *n);
     assert_eq!((count("calls"), count("approved")), (Some(1), Some(1)));
     assert_eq!(sim.stats.calls.load(Ordering::Relaxed), 1);
-}
-
-/// Connections a psp-sim accepted, for a simulator whose every call takes `latency`.
-async fn counted_psp_sim(latency: Duration) -> (String, Arc<AtomicUsize>) {
-    use axum::serve::ListenerExt;
-    let sim = Arc::new(SimPsp::new(SimConfig {
-        latency: Latency::Fixed(latency),
-        ..SimConfig::new("remote")
-    }));
-    let router = rialto_sim::server::router(sim, vec![b"s".to_vec()]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    let listener = listener.tap_io(move |_| {
-        count.fetch_add(1, Ordering::Relaxed);
-    });
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    (url, accepted)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_adapter_keeps_a_connection_for_every_call_its_bulkhead_allows() {
-    // Two rounds of 8 calls at once, each call on its own connection for 100 ms.
-    async fn two_rounds(concurrency: usize) -> usize {
-        let (url, accepted) = counted_psp_sim(Duration::from_millis(100)).await;
-        let psp = HttpPsp::new("remote", &url, b"s", Duration::from_secs(5), concurrency).unwrap();
-        let psp = Arc::new(psp);
-        for round in 0..2 {
-            let mut calls = tokio::task::JoinSet::new();
-            for i in 0..8 {
-                let (psp, key) = (psp.clone(), format!("pay_{round}_{i}:authorize"));
-                calls.spawn(async move { psp.authorize(&req(&key, "pm_sim_approve")).await });
-            }
-            for outcome in calls.join_all().await {
-                assert!(
-                    matches!(outcome, PspOutcome::Approved { .. }),
-                    "{outcome:?}"
-                );
-            }
-            // The connections go back to the pool once their answers are read.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        accepted.load(Ordering::Relaxed)
-    }
-    // Sized for 8, the second round reuses the first round's 8 connections.
-    assert_eq!(two_rounds(8).await, 8);
-    // Sized for 2, six of them were closed after the first round and opened again.
-    assert!(two_rounds(2).await > 8);
 }
