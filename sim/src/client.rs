@@ -81,13 +81,14 @@ impl Client {
         Ok(sender)
     }
 
-    /// Sends one request and reads its answer whole. `headers` are added to `Host`.
+    /// Sends one request and reads its answer whole. `headers` are added to `Host`; an empty
+    /// `body` is none.
     pub async fn send(
         &self,
         method: Method,
         path: &str,
         headers: &[(header::HeaderName, &str)],
-        body: Option<Vec<u8>>,
+        body: Bytes,
     ) -> Result<Reply, String> {
         let build = || {
             let mut request = Request::builder()
@@ -98,24 +99,27 @@ impl Client {
                 request = request.header(name, *value);
             }
             request
-                .body(Full::new(Bytes::from(body.clone().unwrap_or_default())))
+                .body(Full::new(body.clone()))
                 .map_err(|e| format!("building the request: {e}"))
         };
         let exchange = async {
-            // An idle connection the server has closed fails before the request leaves
-            // (canceled): send it again on a new connection, once.
-            let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            // An idle connection the server has closed since fails before the request
+            // leaves: send it again on a new connection, once.
+            let reused = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                std::iter::from_fn(|| idle.pop()).find(|c| !c.is_closed())
+            };
             if let Some(connection) = reused {
                 match self.exchange(connection, build()?).await {
-                    Err(Retry::Canceled) => {}
-                    Err(Retry::Failed(e)) => return Err(e),
-                    Ok(answer) => return Ok(answer),
+                    Err(Failure::NotSent) => {}
+                    Err(Failure::Other(e)) => return Err(e),
+                    Ok(reply) => return Ok(reply),
                 }
             }
             match self.exchange(self.connect().await?, build()?).await {
-                Ok(answer) => Ok(answer),
-                Err(Retry::Canceled) => Err("connection closed before the request left".into()),
-                Err(Retry::Failed(e)) => Err(e),
+                Ok(reply) => Ok(reply),
+                Err(Failure::NotSent) => Err("connection closed before the request left".into()),
+                Err(Failure::Other(e)) => Err(e),
             }
         };
         tokio::time::timeout(self.timeout, exchange)
@@ -127,21 +131,21 @@ impl Client {
         &self,
         mut connection: Connection,
         request: Request<Full<Bytes>>,
-    ) -> Result<Reply, Retry> {
-        let failed = |e: hyper::Error| {
+    ) -> Result<Reply, Failure> {
+        // Not ready: the connection is gone and the request still here.
+        connection.ready().await.map_err(|_| Failure::NotSent)?;
+        let response = connection.send_request(request).await.map_err(|e| {
             if e.is_canceled() {
-                Retry::Canceled
+                Failure::NotSent
             } else {
-                Retry::Failed(format!("http: {e}"))
+                Failure::Other(format!("http: {e}"))
             }
-        };
-        connection.ready().await.map_err(failed)?;
-        let response = connection.send_request(request).await.map_err(failed)?;
+        })?;
         let (parts, body) = response.into_parts();
         let body = body
             .collect()
             .await
-            .map_err(|e| Retry::Failed(format!("reading the answer: {e}")))?
+            .map_err(|e| Failure::Other(format!("reading the answer: {e}")))?
             .to_bytes();
         if !connection.is_closed() {
             self.idle
@@ -156,10 +160,10 @@ impl Client {
     }
 }
 
-enum Retry {
-    /// The request never left: another connection may send it.
-    Canceled,
-    Failed(String),
+enum Failure {
+    /// The request never left (the connection was closed): another connection may send it.
+    NotSent,
+    Other(String),
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Rialto's simulator: simulated PSPs (in-process, [`psp::SimPsp`], and over HTTP,
 //! [`server`]), the PSP configuration shared by `rialto serve`, `rialto psp-sim` and scenario
-//! files ([`spec::PspSpec`]), and the load generator behind `rialto sim` ([`load`] over its own HTTP [`client`],
-//! [`scenario`], [`report`]), with what it learns from a remote target ([`remote`]). Load always goes through Rialto's real merchant HTTP API.
+//! files ([`spec::PspSpec`]), and the load generator behind `rialto sim` ([`load`] over its
+//! own HTTP [`client`], [`scenario`], [`report`]), with what it learns from a remote target
+//! ([`remote`]). Load always goes through Rialto's real merchant HTTP API.
 
 pub mod psp;
 pub mod server;

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::body::Bytes;
+use axum::http::{Method, StatusCode, header};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::watch;
-
-use axum::http::{Method, StatusCode, header};
 
 use crate::client::Client;
 use crate::scenario::{LoadMode, MixSpec, Scenario, scaled};
@@ -365,10 +365,10 @@ impl Worker {
             (header::HeaderName::from_static("idempotency-key"), key),
             (header::CONTENT_TYPE, "application/json"),
         ];
-        let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        let body = Bytes::from(serde_json::to_vec(body).map_err(|e| e.to_string())?);
         let reply = self
             .client
-            .send(Method::POST, path, &headers, Some(body))
+            .send(Method::POST, path, &headers, body)
             .await
             .map_err(|_| "transport_error".to_string())?;
         let answer = serde_json::from_slice::<Answer>(&reply.body).unwrap_or_default();
@@ -378,7 +378,10 @@ impl Worker {
     /// One payment's whole flow; latency of the first request counts from `scheduled`.
     async fn iterate(&self, rng: &mut Rng, n: u64, scheduled: Instant) {
         if self.trivial {
-            let sent = self.client.send(Method::GET, "/ping", &[], None).await;
+            let sent = self
+                .client
+                .send(Method::GET, "/ping", &[], Bytes::new())
+                .await;
             let ok = matches!(&sent, Ok(r) if r.status.is_success());
             self.recorder
                 .record(Kind::Payment, scheduled, scheduled.elapsed(), !ok);
@@ -675,7 +678,12 @@ async fn until_stopped(stop: &mut watch::Receiver<bool>, wait: Duration) -> bool
 async fn read_payment(client: &Client, bearer: &str, id: &str) -> Option<Answer> {
     let path = format!("/v1/payments/{id}");
     let reply = client
-        .send(Method::GET, &path, &[(header::AUTHORIZATION, bearer)], None)
+        .send(
+            Method::GET,
+            &path,
+            &[(header::AUTHORIZATION, bearer)],
+            Bytes::new(),
+        )
         .await
         .ok()
         .filter(|r| r.status == StatusCode::OK)?;

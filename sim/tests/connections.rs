@@ -47,7 +47,7 @@ async fn the_load_generator_gives_each_request_in_flight_a_connection_and_keeps_
             let client = client.clone();
             requests.spawn(async move {
                 let sent = format!("{round}-{i}");
-                let body = Some(sent.clone().into_bytes());
+                let body = Bytes::from(sent.clone());
                 (client.send(Method::POST, "/slow", &[], body).await, sent)
             });
         }
@@ -104,4 +104,40 @@ async fn the_psp_adapter_keeps_a_connection_for_every_call_its_bulkhead_allows()
     assert_eq!(two_rounds(8).await, 8);
     // Sized for 2, six of them were closed after the first round and opened again.
     assert!(two_rounds(2).await > 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_closed_is_not_used_again() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A server that answers one request per connection and then closes it, as a server
+    // closing idle keep-alive connections does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = socket.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the client sent a whole request");
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                socket.write_all(answer).await.unwrap();
+            });
+        }
+    });
+    let client = Client::new(&url, Duration::from_secs(5)).unwrap();
+    for _ in 0..3 {
+        let reply = client.send(Method::GET, "/", &[], Bytes::new()).await;
+        assert_eq!(&reply.unwrap().body[..], b"ok");
+        // Time for the close to arrive.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(accepted.load(Ordering::Relaxed), 3);
 }
