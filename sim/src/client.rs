@@ -112,15 +112,13 @@ impl Client {
             if let Some(connection) = reused {
                 match self.exchange(connection, build()?).await {
                     Err(Failure::NotSent) => {}
-                    Err(Failure::Other(e)) => return Err(e),
-                    Ok(reply) => return Ok(reply),
+                    done => return done.map_err(Failure::message),
                 }
             }
-            match self.exchange(self.connect().await?, build()?).await {
-                Ok(reply) => Ok(reply),
-                Err(Failure::NotSent) => Err("connection closed before the request left".into()),
-                Err(Failure::Other(e)) => Err(e),
-            }
+            let connection = self.connect().await?;
+            self.exchange(connection, build()?)
+                .await
+                .map_err(Failure::message)
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
@@ -164,6 +162,15 @@ enum Failure {
     /// The request never left (the connection was closed): another connection may send it.
     NotSent,
     Other(String),
+}
+
+impl Failure {
+    fn message(self) -> String {
+        match self {
+            Failure::NotSent => "connection closed before the request left".into(),
+            Failure::Other(e) => e,
+        }
+    }
 }
 
 #[cfg(test)]
