@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use rialto_actors::{EngineConfig, PspRoute};
 use rialto_engine::breaker::BreakerConfig;
-use rialto_sim::spec::PspSpec;
+use rialto_sim::spec::{PspKind, PspSpec};
 
 const SCALED_GATEWAY_FLOOR: Duration = Duration::from_secs(2);
 
@@ -113,7 +113,18 @@ impl Default for BreakerSection {
 pub struct ApiSection {
     pub body_bytes_max: usize,
     pub request_timeout_ms: u64,
+    /// Merchant connections served at once; beyond it new ones wait in the listen backlog.
+    /// Lowered at start to what the open files limit leaves ([`Config::api_connections_max`]).
+    pub connections_max: usize,
 }
+
+/// Descriptors a server needs besides its merchant and PSP connections: the store's files,
+/// the listeners, the ops listener's connections (`OPS_CONNECTIONS_MAX`), logs, the runtime's.
+pub const RESERVED_FILES: usize = 512;
+
+/// Connections the ops listener serves at once: scrapes, probes and admin calls. Its own
+/// limit, so that a merchant API at its limit can still be watched and managed.
+pub const OPS_CONNECTIONS_MAX: usize = 256;
 
 impl Default for ApiSection {
     fn default() -> ApiSection {
@@ -121,6 +132,7 @@ impl Default for ApiSection {
         ApiSection {
             body_bytes_max: d.body_bytes_max,
             request_timeout_ms: d.request_timeout.as_millis() as u64,
+            connections_max: 16_384,
         }
     }
 }
@@ -151,6 +163,9 @@ impl Config {
         }
         let engine = self.engine_config(1.0);
         engine.validate().map_err(anyhow::Error::msg)?;
+        if self.api.connections_max == 0 {
+            bail!("api.connections_max must be at least 1");
+        }
         if Duration::from_millis(self.api.request_timeout_ms) <= engine.service_timeout {
             bail!(
                 "timeouts must nest: api.request_timeout_ms > engine.service_timeout_ms > engine.psp_call_timeout_ms"
@@ -215,6 +230,31 @@ impl Config {
         }
     }
 
+    /// Connections to PSPs this server may hold open at once: an HTTP PSP's pool may open up
+    /// to twice its bulkhead (a new connection races the return of an idle one).
+    pub fn outbound_connections_max(&self) -> usize {
+        self.psp
+            .iter()
+            .filter(|p| p.kind == PspKind::Http)
+            .map(|p| 2 * p.inflight_max.unwrap_or(self.engine.psp_inflight_max))
+            .sum()
+    }
+
+    /// The merchant connections to serve at once: `api.connections_max`, or fewer if the
+    /// process may not open that many files besides its PSP connections and
+    /// `RESERVED_FILES`. A server out of descriptors fails whatever it opens next, a PSP
+    /// connection as much as a merchant's; one at its connection limit only defers new
+    /// merchants to the listen backlog. Never below 64, however low the limit.
+    pub fn api_connections_max(&self, open_files: Option<u64>) -> usize {
+        let Some(files) = open_files else {
+            return self.api.connections_max;
+        };
+        let left = usize::try_from(files)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(RESERVED_FILES + self.outbound_connections_max());
+        self.api.connections_max.min(left.max(64))
+    }
+
     pub fn routes(&self) -> Vec<PspRoute> {
         self.psp
             .iter()
@@ -246,6 +286,29 @@ mod tests {
             example.engine_config(1.0).psp_call_timeout,
             defaults.engine_config(1.0).psp_call_timeout
         );
+    }
+
+    /// The merchant connection limit leaves the PSP connections and the spare descriptors
+    /// their share of the open files limit.
+    #[test]
+    fn the_connection_limit_leaves_room_for_the_psp_connections() {
+        let mut config = Config::default();
+        assert_eq!(config.outbound_connections_max(), 0, "simulated PSPs: none");
+        assert_eq!(config.api_connections_max(None), 16_384);
+        assert_eq!(config.api_connections_max(Some(1 << 20)), 16_384);
+        assert_eq!(config.api_connections_max(Some(10_000)), 10_000 - 512);
+        config.psp[0].kind = PspKind::Http;
+        config.psp[1].kind = PspKind::Http;
+        config.psp[1].inflight_max = Some(100);
+        assert_eq!(config.outbound_connections_max(), 2 * 1_024 + 2 * 100);
+        assert_eq!(
+            config.api_connections_max(Some(10_000)),
+            10_000 - 512 - 2_248
+        );
+        assert_eq!(config.api_connections_max(Some(1_024)), 64, "a floor");
+        let mut config = Config::default();
+        config.api.connections_max = 0;
+        assert!(config.validate().is_err(), "no connections at all");
     }
 
     #[test]

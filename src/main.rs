@@ -197,6 +197,23 @@ fn raise_fd_limit() {
     }
 }
 
+/// The open files this process may hold (its soft limit), if it can tell.
+#[cfg(unix)]
+pub fn open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    known.then_some(limit.rlim_cur as u64)
+}
+
+#[cfg(not(unix))]
+pub fn open_files_limit() -> Option<u64> {
+    None
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     #[cfg(unix)]
@@ -469,7 +486,7 @@ async fn observe(
 
 /// Runs a scenario, prints the summary, writes the report; fails if the ledger does not balance.
 async fn simulate(
-    scenario: Scenario,
+    mut scenario: Scenario,
     remote: Option<Remote>,
     options: load::Options,
     baseline: bool,
@@ -478,9 +495,21 @@ async fn simulate(
 ) -> anyhow::Result<ExitCode> {
     let mut extras = Extras::default();
     let mut local = None;
+    // Descriptors the load's connections may take: in process, the server takes as many for
+    // its ends of them, and its PSP connections besides.
+    let connections = |taken: usize, shares: usize| {
+        open_files_limit().map(|files| {
+            usize::try_from(files)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(config::RESERVED_FILES + taken)
+                / shares
+        })
+    };
+    let connections_left;
     let target = match &remote {
         Some(remote) => {
             remote.observers.check().await?;
+            connections_left = connections(0, 1);
             remote.target.clone()
         }
         None => {
@@ -510,6 +539,7 @@ async fn simulate(
             e.sweep_interval_ms = o.sweep_interval_ms.unwrap_or(e.sweep_interval_ms);
             e.psp_inflight_max = o.psp_inflight_max.unwrap_or(e.psp_inflight_max);
             e.breaker.slow_call_ms = o.slow_call_ms.unwrap_or(e.breaker.slow_call_ms);
+            connections_left = connections(config.outbound_connections_max(), 2);
             let running = server::start(&config, options.scale).await?;
             // The load generator's merchant is not rate limited: the load is the point.
             let unlimited = rialto_api::auth::RateLimit {
@@ -536,6 +566,17 @@ async fn simulate(
             target
         }
     };
+    if let Some(left) = connections_left {
+        let fitted = scenario
+            .load
+            .fit_connections(left)
+            .map_err(anyhow::Error::msg);
+        if let Some(max) = fitted? {
+            eprintln!(
+                "at most {max} payments in flight: what the open files limit leaves (ulimit -n); arrivals beyond count as dropped"
+            );
+        }
+    }
     if baseline {
         let trivial = load::Options {
             trivial: true,

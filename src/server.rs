@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
@@ -12,14 +12,14 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use rialto_actors::psp::PspAdapter;
 use rialto_actors::{Rialto, RialtoBuilder};
 use rialto_persistence::{RedbStore, Store, StoreOptions};
 use rialto_sim::SimPsp;
 
-use crate::config::Config;
+use crate::config::{Config, OPS_CONNECTIONS_MAX};
 
 pub fn open_store(dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
     let store = RedbStore::open(dir, StoreOptions::default())
@@ -74,12 +74,35 @@ pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
         // A closed channel means we are stopping anyway.
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let open_files = crate::open_files_limit();
+    let api_connections = Connections {
+        name: "api",
+        max: config.api_connections_max(open_files),
+    };
+    if api_connections.max < config.api.connections_max {
+        tracing::warn!(
+            configured = config.api.connections_max,
+            serving = api_connections.max,
+            open_files_limit = open_files,
+            "api.connections_max lowered to what the open files limit leaves"
+        );
+    }
     let api_server = serve_http(
         api,
         rialto_api::merchant_router(state.clone()),
+        api_connections,
         wait(stopped.clone()),
     );
-    let ops_server = serve_http(ops, rialto_api::ops_router(state), wait(stopped));
+    let ops_connections = Connections {
+        name: "ops",
+        max: OPS_CONNECTIONS_MAX,
+    };
+    let ops_server = serve_http(
+        ops,
+        rialto_api::ops_router(state),
+        ops_connections,
+        wait(stopped),
+    );
     let servers = tokio::spawn(async move { tokio::join!(api_server, ops_server) });
     Ok(Running {
         api_addr,
@@ -92,7 +115,6 @@ pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
     })
 }
 
-/// Serves `router` over HTTP/1.1 on `listener` until `stop` resolves, then lets open requests
 /// Connections the kernel may complete and queue before we accept them (capped by
 /// `net.core.somaxconn`). Tokio's `TcpListener::bind` asks for 1,024: a burst of new clients
 /// beyond that had their SYNs dropped, and each such client waited out the retransmission
@@ -112,10 +134,27 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// How many connections a listener serves at once, and the name its gauges carry
+/// (`rialto_queue_depth` and `rialto_queue_capacity`, `queue` = `NAME_connections`).
+pub struct Connections {
+    pub name: &'static str,
+    pub max: usize,
+}
+
+/// Serves `router` over HTTP/1.1 on `listener` until `stop` resolves, then lets open requests
 /// finish. `axum::serve` does the same but offers no say over hyper's connection settings:
 /// here each connection's read buffer is capped at 8 KiB (hyper's smallest), which is what a
 /// JSON API with 64 KiB bodies needs and what keeps 10,000 open keep-alive connections cheap.
-async fn serve_http(listener: TcpListener, router: Router, stop: impl Future<Output = ()>) {
+///
+/// At most `limit.max` connections are open at once. At the limit it stops accepting: new
+/// clients wait in the listen backlog until a connection closes, instead of being accepted
+/// until the process runs out of descriptors (which would fail its PSP calls too).
+async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    limit: Connections,
+    stop: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     // HTTP/1.1, and HTTP/2 for clients that speak it without TLS (as `axum::serve` does).
     let mut http = auto::Builder::new(TokioExecutor::new());
@@ -123,14 +162,28 @@ async fn serve_http(listener: TcpListener, router: Router, stop: impl Future<Out
         .timer(TokioTimer::new())
         .max_buf_size(8 * 1024)
         .header_read_timeout(Duration::from_secs(30));
+    let slots = Arc::new(Semaphore::new(limit.max));
+    let queue = format!("{}_connections", limit.name);
+    metrics::gauge!("rialto_queue_capacity", "queue" => queue.clone()).set(limit.max as f64);
+    let open = metrics::gauge!("rialto_queue_depth", "queue" => queue);
+    open.set(0.0);
+    let mut last_warning: Option<Instant> = None;
     tokio::pin!(stop);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut stop => break,
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of descriptors, or a connection reset before accept: not fatal.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Once a second at most: a server out of descriptors fails every accept.
+                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(error = %e, listener = limit.name, "accept failed");
+                        last_warning = Some(Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -143,8 +196,12 @@ async fn serve_http(listener: TcpListener, router: Router, stop: impl Future<Out
             http.serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned(),
         );
+        let open = open.clone();
+        open.increment(1.0);
         tokio::spawn(async move {
             let _ = connection.await; // A client that hangs up mid-request is not our error.
+            open.decrement(1.0);
+            drop(slot);
         });
     }
     drop(listener);
@@ -189,14 +246,9 @@ mod tests {
             return;
         }
         crate::raise_fd_limit(); // 1,600 client sockets, as `rialto` itself would allow.
-        let mut files = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit only writes the struct we pass.
-        let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) } == 0;
-        if !known || files.rlim_cur < (BURST + 256) as libc::rlim_t {
-            eprintln!("open files are limited to {}: not checked", files.rlim_cur);
+        let files = crate::open_files_limit().unwrap_or(0);
+        if files < (BURST + 256) as u64 {
+            eprintln!("open files are limited to {files}: not checked");
             return;
         }
         let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();

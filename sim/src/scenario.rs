@@ -61,6 +61,28 @@ fn default_in_flight_max() -> u32 {
     20_000
 }
 
+impl LoadSpec {
+    /// Fits the load to `connections` open at once, what the process's open files limit
+    /// leaves it (each request in flight holds one). An open load's `in_flight_max` is
+    /// lowered to it, and arrivals beyond are counted as dropped rather than failing for
+    /// want of a descriptor; the new maximum is returned, to be told. A closed load with
+    /// more users than that is refused: fewer users would be another scenario.
+    pub fn fit_connections(&mut self, connections: usize) -> Result<Option<u32>, String> {
+        let connections = u32::try_from(connections).unwrap_or(u32::MAX);
+        match self.mode {
+            LoadMode::Closed if self.vus > connections => Err(format!(
+                "{} virtual users need as many connections, and the open files limit leaves {connections}; raise it (ulimit -n) or use fewer users",
+                self.vus
+            )),
+            LoadMode::Open if self.in_flight_max > connections => {
+                self.in_flight_max = connections;
+                Ok(Some(connections))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Shares of payments, in whole percent; the rest are plain approvals (`pm_sim_approve`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -210,6 +232,21 @@ mod tests {
         assert_eq!((s.load.ramp_ms, s.load.hold_ms), (300_000, 900_000));
         assert_eq!((s.load.think_min_ms, s.load.think_max_ms), (1_000, 3_000));
         assert_eq!(s.duration(0.02), Duration::from_secs(24));
+    }
+
+    #[test]
+    fn a_load_is_fitted_to_the_connections_it_may_open() {
+        let mut open = Scenario::built_in("memory-10k").unwrap().load;
+        assert_eq!(open.in_flight_max, 15_000);
+        assert_eq!(open.fit_connections(20_000), Ok(None));
+        assert_eq!(open.in_flight_max, 15_000);
+        assert_eq!(open.fit_connections(9_000), Ok(Some(9_000)));
+        assert_eq!(open.in_flight_max, 9_000);
+        let mut closed = Scenario::built_in("max-throughput").unwrap().load;
+        assert_eq!(closed.fit_connections(400), Ok(None));
+        let refused = closed.fit_connections(399).unwrap_err();
+        assert!(refused.contains("400 virtual users"), "{refused}");
+        assert_eq!(closed.vus, 400, "a closed load is never changed");
     }
 
     #[test]
