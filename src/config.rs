@@ -113,7 +113,7 @@ impl Default for BreakerSection {
 pub struct ApiSection {
     pub body_bytes_max: usize,
     pub request_timeout_ms: u64,
-    /// Merchant connections served at once; beyond it new ones wait in the listen backlog.
+    /// Merchant connections served at once; one beyond it is answered 503 and closed.
     /// Lowered at start to what the open files limit leaves ([`Config::api_connections_max`]).
     pub connections_max: usize,
 }
@@ -243,8 +243,8 @@ impl Config {
     /// The merchant connections to serve at once: `api.connections_max`, or fewer if the
     /// process may not open that many files besides its PSP connections and
     /// `RESERVED_FILES`. A server out of descriptors fails whatever it opens next, a PSP
-    /// connection as much as a merchant's; one at its connection limit only defers new
-    /// merchants to the listen backlog. Never below 64, however low the limit.
+    /// connection as much as a merchant's; one at its connection limit only turns new
+    /// merchant connections away. Never below 64, however low the limit.
     pub fn api_connections_max(&self, open_files: Option<u64>) -> usize {
         let Some(files) = open_files else {
             return self.api.connections_max;

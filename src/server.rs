@@ -2,6 +2,7 @@
 //! listener. `rialto serve` runs one until a signal; `rialto sim` runs one on loopback to load.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,7 @@ pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
     let api_connections = Connections {
         name: "api",
         max: config.api_connections_max(open_files),
+        at_capacity: Some(rialto_api::merchant_router_at_capacity(state.clone())),
     };
     if api_connections.max < config.api.connections_max {
         tracing::warn!(
@@ -96,6 +98,7 @@ pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
     let ops_connections = Connections {
         name: "ops",
         max: OPS_CONNECTIONS_MAX,
+        at_capacity: None,
     };
     let ops_server = serve_http(
         ops,
@@ -134,21 +137,29 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// How many connections a listener serves at once, and the name its gauges carry
-/// (`rialto_queue_depth` and `rialto_queue_capacity`, `queue` = `NAME_connections`).
+/// How many connections a listener serves at once, the name its gauges carry
+/// (`rialto_queue_depth` and `rialto_queue_capacity`, `queue` = `NAME_connections`), and what
+/// serves the ones beyond: without it, they wait in the listen backlog.
 pub struct Connections {
     pub name: &'static str,
     pub max: usize,
+    pub at_capacity: Option<Router>,
 }
+
+/// Connections beyond the limit answered at once (`Connections::at_capacity`). Each takes
+/// one request, is answered and closed; beyond these, new ones wait in the backlog.
+const REFUSING_MAX: usize = 64;
 
 /// Serves `router` over HTTP/1.1 on `listener` until `stop` resolves, then lets open requests
 /// finish. `axum::serve` does the same but offers no say over hyper's connection settings:
 /// here each connection's read buffer is capped at 8 KiB (hyper's smallest), which is what a
 /// JSON API with 64 KiB bodies needs and what keeps 10,000 open keep-alive connections cheap.
 ///
-/// At most `limit.max` connections are open at once. At the limit it stops accepting: new
-/// clients wait in the listen backlog until a connection closes, instead of being accepted
-/// until the process runs out of descriptors (which would fail its PSP calls too).
+/// At most `limit.max` connections are served at once, instead of accepting until the
+/// process runs out of descriptors (which would fail its PSP calls too). At the limit, up to
+/// `REFUSING_MAX` more are served `limit.at_capacity` for one request each, then closed: a
+/// client learns at once that it should retry, rather than waiting in the backlog until
+/// some connection closes (a kept-alive one may stay 30 s idle first).
 async fn serve_http(
     listener: TcpListener,
     router: Router,
@@ -163,6 +174,19 @@ async fn serve_http(
         .max_buf_size(8 * 1024)
         .header_read_timeout(Duration::from_secs(30));
     let slots = Arc::new(Semaphore::new(limit.max));
+    let refusing = Arc::new(Semaphore::new(if limit.at_capacity.is_some() {
+        REFUSING_MAX
+    } else {
+        0
+    }));
+    // One request per connection, and little patience for it.
+    let mut refuse = auto::Builder::new(TokioExecutor::new()).http1_only();
+    refuse
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(false)
+        .max_buf_size(8 * 1024)
+        .header_read_timeout(Duration::from_secs(5));
     let queue = format!("{}_connections", limit.name);
     metrics::gauge!("rialto_queue_capacity", "queue" => queue.clone()).set(limit.max as f64);
     let open = metrics::gauge!("rialto_queue_depth", "queue" => queue);
@@ -170,8 +194,11 @@ async fn serve_http(
     let mut last_warning: Option<Instant> = None;
     tokio::pin!(stop);
     loop {
+        let never_closed = "the semaphores are never closed";
         let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            biased;
+            slot = slots.clone().acquire_owned() => Ok(slot.expect(never_closed)),
+            slot = refusing.clone().acquire_owned() => Err(slot.expect(never_closed)),
             () = &mut stop => break,
         };
         let stream = tokio::select! {
@@ -191,18 +218,38 @@ async fn serve_http(
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true); // Responses go out in one write; no Nagle wait.
-        let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(
-            http.serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned(),
-        );
-        let open = open.clone();
-        open.increment(1.0);
-        tokio::spawn(async move {
-            let _ = connection.await; // A client that hangs up mid-request is not our error.
-            open.decrement(1.0);
-            drop(slot);
-        });
+        let io = TokioIo::new(stream);
+        // A place may have come free while this one waited to be accepted.
+        let slot = slot.or_else(|refused| slots.clone().try_acquire_owned().map_err(|_| refused));
+        let served: Pin<Box<dyn Future<Output = ()> + Send>> = match slot {
+            Ok(slot) => {
+                let service = TowerToHyperService::new(router.clone());
+                let connection = graceful.watch(
+                    http.serve_connection_with_upgrades(io, service)
+                        .into_owned(),
+                );
+                let open = open.clone();
+                open.increment(1.0);
+                Box::pin(async move {
+                    let _ = connection.await; // A client that hangs up is not our error.
+                    open.decrement(1.0);
+                    drop(slot);
+                })
+            }
+            Err(slot) => {
+                let refusal = limit
+                    .at_capacity
+                    .clone()
+                    .expect("refusing needs at_capacity");
+                let service = TowerToHyperService::new(refusal);
+                let connection = graceful.watch(refuse.serve_connection(io, service).into_owned());
+                Box::pin(async move {
+                    let _ = connection.await;
+                    drop(slot);
+                })
+            }
+        };
+        tokio::spawn(served);
     }
     drop(listener);
     graceful.shutdown().await;

@@ -1,6 +1,6 @@
 //! Connections are bounded at both ends of the merchant API, by real processes on loopback:
-//! `rialto serve` serves at most `api.connections_max` at once and defers the rest to the
-//! listen backlog (its ops listener still answering), and `rialto sim` keeps its requests in
+//! `rialto serve` serves at most `api.connections_max` at once and answers the rest 503 at
+//! once (its ops listener still answering), and `rialto sim` keeps its requests in
 //! flight within what the open files limit leaves, counting arrivals beyond as dropped
 //! instead of failing them for want of a descriptor.
 
@@ -36,7 +36,8 @@ fn gauge(scrape: &str, name: &str, queue: &str) -> Option<f64> {
 }
 
 #[tokio::test]
-async fn the_api_serves_at_most_its_connection_limit_and_the_ops_listener_still_answers() {
+async fn beyond_its_connection_limit_the_api_answers_503_at_once_and_the_ops_listener_still_answers()
+ {
     let dir = tempfile::tempdir().unwrap();
     let config = common::write(dir.path(), "rialto.toml", "[api]\nconnections_max = 4\n");
     let data = dir.path().join("data");
@@ -57,16 +58,30 @@ async fn the_api_serves_at_most_its_connection_limit_and_the_ops_listener_still_
         held.push(stream); // Kept alive: each holds one of the four.
     }
 
-    // The fifth connects (the kernel queues it) but is not served while four are open.
+    // A fifth is answered at once, and closed: 503 problem+json, retry shortly.
     let mut fifth = TcpStream::connect(&api).await.unwrap();
     fifth.write_all(PING).await.unwrap();
-    let mut answer = [0u8; 512];
-    let early = tokio::time::timeout(Duration::from_millis(500), fifth.read(&mut answer)).await;
+    let mut refusal = String::new();
+    tokio::time::timeout(Duration::from_secs(10), fifth.read_to_string(&mut refusal))
+        .await
+        .expect("answered and closed at once")
+        .unwrap();
+    let head = refusal.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 503"), "{refusal}");
     assert!(
-        early.is_err(),
-        "a fifth connection was served beyond the limit of 4"
+        head.contains("content-type: application/problem+json"),
+        "{refusal}"
+    );
+    assert!(head.contains("retry-after: 1"), "{refusal}");
+    assert!(head.contains("connection: close"), "{refusal}");
+    assert!(
+        refusal.contains("urn:rialto:problem:at_capacity"),
+        "{refusal}"
     );
 
+    // The four still work, the ops listener answers, and the gauges and the error rate tell.
+    let answer = ping(&mut held[0]).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let scrape = reqwest::get(format!("{}/metrics", urls[1]))
         .await
         .unwrap()
@@ -79,15 +94,27 @@ async fn the_api_serves_at_most_its_connection_limit_and_the_ops_listener_still_
     assert_eq!(capacity("api_connections"), Some(4.0));
     assert_eq!(depth("ops_connections"), Some(1.0), "this scrape's own");
     assert_eq!(capacity("ops_connections"), Some(256.0));
+    let refused = scrape.lines().find(|l| {
+        l.starts_with("http_server_request_duration_seconds_count{")
+            && l.contains("http_response_status_code=\"503\"")
+            && l.contains("route=\"/ping\"")
+    });
+    assert!(refused.is_some_and(|l| l.ends_with(" 1")), "{scrape}");
 
-    // One closes: the fifth is accepted and answered.
+    // One closes: a new connection is served again.
     drop(held.pop());
-    let n = tokio::time::timeout(Duration::from_secs(10), fifth.read(&mut answer))
-        .await
-        .expect("served once a connection closed")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]);
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let served = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut stream = TcpStream::connect(&api).await.unwrap();
+            let answer = ping(&mut stream).await;
+            if answer.starts_with("HTTP/1.1 200") {
+                return stream;
+            }
+            // The closed one's place may not be free yet.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    held.push(served.await.expect("served once a connection closed"));
 }
 
 /// Whether this process may raise its hard limits (CAP_SYS_RESOURCE, bit 24): then `rialto`

@@ -281,7 +281,18 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
 
 /// The merchant API.
 pub fn merchant_router(state: AppState) -> Router {
-    Router::new()
+    merchant_routes(state, false)
+}
+
+/// The merchant API as a connection beyond the server's connection limit sees it: the same
+/// routes, each answered 503 problem+json `at_capacity` (with `Retry-After`) without running,
+/// and measured and traced like any other answer, so that the error rate counts them.
+pub fn merchant_router_at_capacity(state: AppState) -> Router {
+    merchant_routes(state, true)
+}
+
+fn merchant_routes(state: AppState, at_capacity: bool) -> Router {
+    let router = Router::new()
         .route(
             "/v1/payments",
             post(payments::create_payment).get(payments::list_payments),
@@ -295,10 +306,31 @@ pub fn merchant_router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/ping", get(ping))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    let router = if at_capacity {
+        router.layer(middleware::from_fn_with_state(state.clone(), refuse))
+    } else {
+        router
+    };
+    router
         .layer(DefaultBodyLimit::max(state.config.body_bytes_max))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Answers a request on a connection beyond the limit. Its body is read first (up to the
+/// body limit): closing a socket with unread data resets it, and the client could lose the
+/// answer.
+async fn refuse(State(state): State<AppState>, req: Request, _next: Next) -> Problem {
+    let _ = axum::body::to_bytes(req.into_body(), state.config.body_bytes_max).await;
+    Problem {
+        kind: "at_capacity",
+        title: "At capacity",
+        ..Problem::unavailable(
+            "Rialto is serving as many connections as it may; nothing was done, retry shortly",
+            1,
+        )
+    }
 }
 
 async fn healthz() -> Response {
