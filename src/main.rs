@@ -206,6 +206,7 @@ pub fn open_files_limit() -> Option<u64> {
     };
     // SAFETY: getrlimit only writes the struct we pass.
     let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    #[allow(clippy::unnecessary_cast)] // rlim_t is 32 bits on some targets.
     known.then_some(limit.rlim_cur as u64)
 }
 

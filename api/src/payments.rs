@@ -310,7 +310,7 @@ async fn earlier_answer(
         (status = 400, description = "Invalid request", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The same key is in use by a running request", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "The key was used with a different request", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "No PSP or storage available", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "No PSP or storage available, read-only, or the server at its connection limit (`at_capacity`); retry after `Retry-After`", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("api_key" = []))
 )]
