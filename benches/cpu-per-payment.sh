@@ -9,6 +9,7 @@
 # PSPs; `closed` drives the `max-throughput` shape instead (400 users, no think time, 8 s).
 #
 # Usage: benches/cpu-per-payment.sh [path/to/rialto] [rate|closed]   (after cargo build --release)
+# IN_FLIGHT_MAX=N bounds an open load's payments in flight (arrivals beyond are dropped).
 set -euo pipefail
 bin=${1:-target/release/rialto}
 load=${2:-5000}
@@ -24,6 +25,7 @@ hold_ms = 8000'
 else
   shape="mode = \"open\"
 rate_per_s = $load
+in_flight_max = ${IN_FLIGHT_MAX:-20000}
 hold_ms = 10000"
 fi
 cat > "$dir/scenario.toml" <<TOML
