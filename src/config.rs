@@ -282,6 +282,7 @@ mod tests {
         assert_eq!(example.listen, defaults.listen);
         assert_eq!(example.ops_listen, defaults.ops_listen);
         assert_eq!(example.psp, defaults.psp);
+        assert_eq!(example.api.connections_max, defaults.api.connections_max);
         assert_eq!(
             example.engine_config(1.0).psp_call_timeout,
             defaults.engine_config(1.0).psp_call_timeout
