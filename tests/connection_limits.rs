@@ -189,6 +189,7 @@ latency = { kind = "fixed", ms = 400 }
         ["captured"],
         "every payment sent was captured: {outcomes:?}"
     );
+    assert_eq!(report["in_flight_max"], 544);
     assert!(
         report["dropped_arrivals"].as_u64().unwrap() > 500,
         "{report}"

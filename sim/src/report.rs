@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::load::Measurements;
 use crate::psp::{Incident, IncidentKind};
-use crate::scenario::Scenario;
+use crate::scenario::{LoadMode, Scenario};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -99,6 +99,7 @@ pub fn build(scenario: &Scenario, scale: f64, m: &Measurements, extras: &Extras)
         "incidents": extras.incidents,
         "ledger_balanced": extras.ledger_balanced,
         "dropped_arrivals": m.dropped_arrivals,
+        "in_flight_max": (scenario.load.mode == LoadMode::Open).then_some(scenario.load.in_flight_max),
         "reads": m.reads,
         "stale_reads": m.stale_reads,
         "unresolved_after_settle": m.unresolved_after_settle,
@@ -226,7 +227,11 @@ pub fn summary(r: &Value) -> String {
         );
     }
     if r["dropped_arrivals"].as_u64().unwrap_or(0) > 0 {
-        let _ = writeln!(out, "dropped arrivals {}", r["dropped_arrivals"]);
+        let _ = writeln!(
+            out,
+            "dropped arrivals {}  (at most {} in flight)",
+            r["dropped_arrivals"], r["in_flight_max"]
+        );
     }
     let ledger = match r["ledger_balanced"].as_bool() {
         Some(true) => "balanced",
