@@ -106,6 +106,7 @@ pub async fn start(config: &Config, scale: f64) -> anyhow::Result<Running> {
         ops_connections,
         wait(stopped),
     );
+    tokio::spawn(watch_runtime(wait(stop.subscribe())));
     let servers = tokio::spawn(async move { tokio::join!(api_server, ops_server) });
     Ok(Running {
         api_addr,
@@ -255,6 +256,44 @@ async fn serve_http(
     graceful.shutdown().await;
 }
 
+/// Publishes how busy the runtime is, until `stop`: `rialto_runtime_lag_seconds`, the longest
+/// a due task waited to run over the last second (from [`probe_lag`]), and
+/// `rialto_runtime_tasks`, the tasks alive. On saturated cores the lag rises before anything
+/// else does; a slow PSP leaves it alone (tasks waiting on a PSP are not due).
+async fn watch_runtime(stop: impl Future<Output = ()>) {
+    let lag = metrics::gauge!("rialto_runtime_lag_seconds");
+    let tasks = metrics::gauge!("rialto_runtime_tasks");
+    let runtime = tokio::runtime::Handle::current();
+    lag.set(0.0);
+    tasks.set(runtime.metrics().num_alive_tasks() as f64);
+    let probe = probe_lag(Duration::from_secs(1), move |worst| {
+        lag.set(worst.as_secs_f64());
+        tasks.set(runtime.metrics().num_alive_tasks() as f64);
+    });
+    tokio::select! {
+        () = probe => {}
+        () = stop => {}
+    }
+}
+
+/// Sleeps 10 ms at a time and measures how much later than due it was woken and polled
+/// again; calls `report` with the largest such delay once a `window`. Never returns.
+async fn probe_lag(window: Duration, mut report: impl FnMut(Duration)) {
+    const EVERY: Duration = Duration::from_millis(10);
+    let mut worst = Duration::ZERO;
+    let mut window_start = Instant::now();
+    loop {
+        let asked = Instant::now();
+        tokio::time::sleep(EVERY).await;
+        worst = worst.max(asked.elapsed().saturating_sub(EVERY));
+        if window_start.elapsed() >= window {
+            report(worst);
+            worst = Duration::ZERO;
+            window_start = Instant::now();
+        }
+    }
+}
+
 impl Running {
     /// Every circuit breaker change so far.
     pub fn breaker_transitions(&self) -> Vec<rialto_actors::psp_supervisor::BreakerChange> {
@@ -275,6 +314,26 @@ impl Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A task that holds the only worker thread for 300 ms shows as a lag of about that much,
+    /// in the window it happened in.
+    #[tokio::test]
+    async fn the_lag_probe_sees_a_blocked_worker() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(probe_lag(Duration::from_millis(100), move |worst| {
+            let _ = tx.send(worst);
+        }));
+        let first = rx.recv().await.expect("a first window");
+        tokio::spawn(async { std::thread::sleep(Duration::from_millis(300)) })
+            .await
+            .unwrap();
+        let mut worst = Duration::ZERO;
+        for _ in 0..3 {
+            worst = worst.max(rx.recv().await.expect("later windows"));
+        }
+        assert!(worst >= Duration::from_millis(250), "{worst:?}");
+        assert!(first < worst, "{first:?} before, {worst:?} blocked");
+    }
 
     /// A burst of connections bigger than tokio's default backlog (1,024) all get in while
     /// nobody accepts: none waits for a SYN retransmission. With the default backlog the ones

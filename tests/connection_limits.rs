@@ -94,6 +94,12 @@ async fn beyond_its_connection_limit_the_api_answers_503_at_once_and_the_ops_lis
     assert_eq!(capacity("api_connections"), Some(4.0));
     assert_eq!(depth("ops_connections"), Some(1.0), "this scrape's own");
     assert_eq!(capacity("ops_connections"), Some(256.0));
+    for gauge in ["rialto_runtime_lag_seconds ", "rialto_runtime_tasks "] {
+        assert!(
+            scrape.lines().any(|l| l.starts_with(gauge)),
+            "{gauge}in {scrape}"
+        );
+    }
     let refused = scrape.lines().find(|l| {
         l.starts_with("http_server_request_duration_seconds_count{")
             && l.contains("http_response_status_code=\"503\"")
