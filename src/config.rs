@@ -120,7 +120,15 @@ pub struct ApiSection {
 
 /// Descriptors a server needs besides its merchant and PSP connections: the store's files,
 /// the listeners, the ops listener's connections (`OPS_CONNECTIONS_MAX`), logs, the runtime's.
-pub const RESERVED_FILES: usize = 512;
+const RESERVED_FILES: usize = 512;
+
+/// The descriptors an `open_files` limit leaves for merchant connections (both ends of them,
+/// in a process that also loads itself), after `RESERVED_FILES` and `outbound` PSP ones.
+pub fn files_left(open_files: u64, outbound: usize) -> usize {
+    usize::try_from(open_files)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(RESERVED_FILES + outbound)
+}
 
 /// Connections the ops listener serves at once: scrapes, probes and admin calls. Its own
 /// limit, so that a merchant API at its limit can still be watched and managed.
@@ -249,9 +257,7 @@ impl Config {
         let Some(files) = open_files else {
             return self.api.connections_max;
         };
-        let left = usize::try_from(files)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(RESERVED_FILES + self.outbound_connections_max());
+        let left = files_left(files, self.outbound_connections_max());
         self.api.connections_max.min(left.max(64))
     }
 

@@ -498,13 +498,8 @@ async fn simulate(
     let mut local = None;
     // Descriptors the load's connections may take: in process, the server takes as many for
     // its ends of them, and its PSP connections besides.
-    let connections = |taken: usize, shares: usize| {
-        open_files_limit().map(|files| {
-            usize::try_from(files)
-                .unwrap_or(usize::MAX)
-                .saturating_sub(config::RESERVED_FILES + taken)
-                / shares
-        })
+    let connections = |outbound: usize, shares: usize| {
+        open_files_limit().map(|files| config::files_left(files, outbound) / shares)
     };
     let connections_left;
     let target = match &remote {
