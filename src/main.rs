@@ -171,25 +171,33 @@ enum LedgerCommand {
     },
 }
 
+/// This process's open files limit (soft and hard), if it can tell.
+#[cfg(unix)]
+fn nofile_limit() -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    known.then_some(limit)
+}
+
 /// Lets this process hold as many sockets as the system allows: a payment server (or the load
 /// generator, with thousands of requests in flight) runs out of descriptors long before memory.
 #[cfg(unix)]
 fn raise_fd_limit() {
     const WANTED: libc::rlim_t = 1 << 20;
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    let Some(mut limit) = nofile_limit() else {
+        return;
+    };
+    // Raising the hard limit needs privileges; if it fails, settle for the hard limit.
+    let raised = libc::rlimit {
+        rlim_cur: WANTED,
+        rlim_max: WANTED.max(limit.rlim_max),
+    };
+    // SAFETY: setrlimit only reads the struct we pass.
     unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        // Raising the hard limit needs privileges; if it fails, settle for the hard limit.
-        let raised = libc::rlimit {
-            rlim_cur: WANTED,
-            rlim_max: WANTED.max(limit.rlim_max),
-        };
         if limit.rlim_cur < WANTED && libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
             limit.rlim_cur = limit.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit); // Best effort.
@@ -200,14 +208,8 @@ fn raise_fd_limit() {
 /// The open files this process may hold (its soft limit), if it can tell.
 #[cfg(unix)]
 pub fn open_files_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct we pass.
-    let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
     #[allow(clippy::unnecessary_cast)] // rlim_t is 32 bits on some targets.
-    known.then_some(limit.rlim_cur as u64)
+    nofile_limit().map(|limit| limit.rlim_cur as u64)
 }
 
 #[cfg(not(unix))]
