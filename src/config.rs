@@ -244,7 +244,7 @@ impl Config {
         self.psp
             .iter()
             .filter(|p| p.kind == PspKind::Http)
-            .map(|p| 2 * p.inflight_max.unwrap_or(self.engine.psp_inflight_max))
+            .map(|p| 2 * p.bulkhead(self.engine.psp_inflight_max))
             .sum()
     }
 

@@ -223,8 +223,14 @@ impl PspSpec {
         }
     }
 
+    /// This PSP's bulkhead: the most calls in flight at once (`inflight_max`, else the
+    /// engine's `psp_inflight_max`).
+    pub fn bulkhead(&self, engine_inflight_max: usize) -> usize {
+        self.inflight_max.unwrap_or(engine_inflight_max)
+    }
+
     /// The adapter Rialto uses for this PSP: an in-process simulator (times scaled by `scale`)
-    /// or the HTTP adapter, sized for this PSP's bulkhead (`inflight_max`, else the engine's).
+    /// or the HTTP adapter, sized for this PSP's [`bulkhead`](Self::bulkhead).
     pub fn adapter(
         &self,
         scale: f64,
@@ -243,7 +249,7 @@ impl PspSpec {
             PspKind::Http => {
                 let url = self.url.as_deref().unwrap_or_default();
                 let secret = self.secret.as_deref().unwrap_or_default();
-                let concurrency = self.inflight_max.unwrap_or(engine_inflight_max);
+                let concurrency = self.bulkhead(engine_inflight_max);
                 let http =
                     HttpPsp::new(&self.id, url, secret.as_bytes(), call_timeout, concurrency)?;
                 Ok(BuiltPsp {
