@@ -54,6 +54,7 @@ fn run_with(scenario: &str, dir: &Path, extra: &[&str]) -> Value {
         "success_rate",
         "latency_ms",
         "outcomes",
+        "problems",
         "psps",
         "breaker_transitions",
         "incidents",
@@ -369,4 +370,58 @@ fn a_closed_terminal_quits_and_removes_the_store() {
     let out = sim.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(129));
     assert!(!store.exists(), "the temp store is removed");
+}
+
+#[test]
+fn past_its_only_psps_bulkhead_payments_are_refused_and_the_report_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("bulkhead.toml");
+    std::fs::write(
+        &scenario,
+        r#"name = "bulkhead"
+description = "Ten times more payments than the only PSP's bulkhead takes"
+
+[load]
+mode = "open"
+rate_per_s = 400
+hold_ms = 1500
+
+[[psp]]
+id = "slow"
+latency = { kind = "fixed", ms = 300 }
+inflight_max = 10
+queue_max = 0
+"#,
+    )
+    .unwrap();
+    let report = dir.path().join("report");
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(BIN)
+        .args(["sim", "--quiet", "--scenario-file"])
+        .arg(&scenario)
+        .arg("--report")
+        .arg(&report)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run rialto sim");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("ledger           balanced"), "{stdout}");
+    assert!(
+        stdout.contains("refused because  {\"no_psp_available\":"),
+        "{stdout}"
+    );
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
+    // A busy PSP is load, not an outage: refused one payment at a time, never read-only.
+    let problems = r["problems"].as_object().unwrap();
+    assert_eq!(
+        problems.keys().collect::<Vec<_>>(),
+        ["no_psp_available"],
+        "{problems:?}"
+    );
+    let refused = problems["no_psp_available"].as_u64().unwrap();
+    assert_eq!(refused, count(&r, "http_503"), "{}", r["outcomes"]);
+    assert!(refused > r["payments"].as_u64().unwrap() / 2, "{r}");
+    assert!(count(&r, "captured") > 10, "{}", r["outcomes"]);
 }

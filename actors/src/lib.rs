@@ -190,7 +190,9 @@ pub enum CommandError {
     Overloaded,
     #[error("{0}")]
     Rejected(Rejection),
-    #[error("no payment service provider is available")]
+    #[error(
+        "no payment service provider can take the payment now: each is at its limit of calls in progress, or out of service"
+    )]
     NoPspAvailable,
     #[error("the idempotency key is in use by another request")]
     IdempotencyKeyInUse,
@@ -318,7 +320,9 @@ impl Deps {
             Some("an operator put Rialto in read-only mode")
         } else if !self.store_healthy.load(Ordering::Relaxed) {
             Some("storage is unhealthy")
-        } else if !self.health.values().any(|h| h.can_take()) {
+        } else if !self.health.values().any(|h| h.in_service()) {
+            // Not when every bulkhead is full: that is load, answered 503 `no_psp_available`
+            // per payment, and it passes as calls return.
             Some("no payment service provider can take payments")
         } else {
             None

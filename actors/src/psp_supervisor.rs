@@ -191,13 +191,11 @@ impl PspHealth {
         now_ms < self.down_until_ms.load(Ordering::Relaxed)
     }
 
-    /// Whether a new payment may be routed here now.
-    pub fn can_take(&self) -> bool {
+    /// Whether this PSP takes payments at all now: not disabled, not down, its breaker not
+    /// refusing. A full bulkhead is not out of service: it frees up as calls return.
+    pub fn in_service(&self) -> bool {
         let now = self.clock.now_ms();
-        !self.disabled.load(Ordering::Relaxed)
-            && !self.down(now)
-            && !self.bulkhead_full()
-            && self.breaker().would_allow(now)
+        !self.disabled.load(Ordering::Relaxed) && !self.down(now) && self.breaker().would_allow(now)
     }
 
     pub fn set_disabled(&self, disabled: bool) {

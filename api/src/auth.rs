@@ -121,7 +121,7 @@ impl FromRequestParts<AppState> for Authenticated {
                 Ok(None) => return Err(Problem::unauthorized("unknown API key")),
                 Err(e) => {
                     tracing::error!(error = %e, "merchant lookup failed");
-                    return Err(Problem::unavailable("storage is unavailable", 1));
+                    return Err(Problem::storage_unavailable());
                 }
             },
         };

@@ -171,7 +171,7 @@ pub fn metrics_handle() -> PrometheusHandle {
         payments::list_events,
         payments::balances,
     ),
-    modifiers(&ApiKeyScheme),
+    modifiers(&ApiKeyScheme, &CommonResponses),
     tags((name = "payments"), (name = "ledger"))
 )]
 pub struct ApiDoc;
@@ -191,6 +191,67 @@ impl utoipa::Modify for ApiKeyScheme {
                     .build(),
             ),
         );
+    }
+}
+
+/// Answers any merchant route may give besides its own: a missing or wrong key, the rate
+/// limit, and the 503s that refuse a request without doing anything. POSTs may also have
+/// their body refused before it is read.
+struct CommonResponses;
+
+const ANY_ROUTE: [(&str, &str); 3] = [
+    ("401", "No API key, or not a valid one (`unauthorized`)"),
+    (
+        "429",
+        "The merchant's rate limit (`rate_limited`); retry after `Retry-After`",
+    ),
+    (
+        "503",
+        "Nothing was done; retry after `Retry-After`. `type` names the cause: `at_capacity` (the \
+         server's connection limit), `overloaded` (its limit of payments in progress), \
+         `no_psp_available`, `read_only`, `storage_unavailable` or `shutting_down`",
+    ),
+];
+
+const WITH_BODY: [(&str, &str); 2] = [
+    ("413", "The body is larger than the limit (`invalid_body`)"),
+    (
+        "415",
+        "The body is not `application/json` (`unsupported_media_type`)",
+    ),
+];
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        for item in openapi.paths.paths.values_mut() {
+            let post = item.post.iter_mut().map(|op| (op, true));
+            let others = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            let others = others.into_iter().flatten().map(|op| (op, false));
+            for (operation, has_body) in post.chain(others) {
+                let extra = if has_body { &WITH_BODY[..] } else { &[] };
+                for (status, description) in ANY_ROUTE.iter().chain(extra) {
+                    let problem = ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ProblemBody")))
+                        .build();
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(*description)
+                                .content("application/problem+json", problem)
+                                .into()
+                        });
+                }
+            }
+        }
     }
 }
 
@@ -323,14 +384,12 @@ fn merchant_routes(state: AppState, at_capacity: bool) -> Router {
 /// answer.
 async fn refuse(State(state): State<AppState>, req: Request, _next: Next) -> Problem {
     let _ = axum::body::to_bytes(req.into_body(), state.config.body_bytes_max).await;
-    Problem {
-        kind: "at_capacity",
-        title: "At capacity",
-        ..Problem::unavailable(
-            "Rialto is serving as many connections as it may; nothing was done, retry shortly",
-            1,
-        )
-    }
+    Problem::unavailable(
+        "at_capacity",
+        "At capacity",
+        "Rialto is serving as many connections as it may; nothing was done, retry shortly",
+        1,
+    )
 }
 
 async fn healthz() -> Response {
@@ -479,7 +538,7 @@ async fn admin_ledger_check(
     let report = tokio::task::spawn_blocking(move || runtime.block_on(store.ledger_check()))
         .await
         .map_err(|_| internal("the ledger check stopped"))?
-        .map_err(|_| Problem::unavailable("storage is unavailable", 1))?;
+        .map_err(|_| Problem::storage_unavailable())?;
     // Sums are i128; JSON numbers past i64 are not portable, so those go as strings.
     let totals: serde_json::Map<_, _> = report
         .totals

@@ -131,14 +131,12 @@ impl Drop for InProgress<'_> {
 fn writable(state: &AppState) -> Result<(), Problem> {
     match state.engine.read_only_reason() {
         None => Ok(()),
-        Some(reason) => Err(Problem {
-            kind: "read_only",
-            title: "Read-only mode",
-            ..Problem::unavailable(
-                format!("Rialto is read-only: {reason}; reads still work"),
-                5,
-            )
-        }),
+        Some(reason) => Err(Problem::unavailable(
+            "read_only",
+            "Read-only mode",
+            format!("Rialto is read-only: {reason}; reads still work"),
+            5,
+        )),
     }
 }
 
@@ -266,7 +264,7 @@ async fn earlier_answer(
         .store
         .idempotency(merchant_id, key)
         .await
-        .map_err(|_| Problem::unavailable("storage is unavailable", 1))?;
+        .map_err(|_| Problem::storage_unavailable())?;
     let Some(record) = existing else {
         metrics::counter!("idempotency_cache_misses_total").increment(1);
         return Ok(None);
@@ -289,7 +287,7 @@ async fn earlier_answer(
         .store
         .payment(&record.resource_id)
         .await
-        .map_err(|_| Problem::unavailable("storage is unavailable", 1))?;
+        .map_err(|_| Problem::storage_unavailable())?;
     match payment {
         Some(p) if !matches!(p.effects().first(), Some(Effect::Call(_))) => {
             Ok(Some(send(render(&p), true)))
@@ -310,7 +308,6 @@ async fn earlier_answer(
         (status = 400, description = "Invalid request", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The same key is in use by a running request", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "The key was used with a different request", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "No PSP or storage available, read-only, or the server at its connection limit (`at_capacity`); retry after `Retry-After`", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("api_key" = []))
 )]
@@ -479,7 +476,7 @@ async fn owned(state: &AppState, merchant_id: &str, id: &str) -> Result<Payment,
         Ok(_) => Err(Problem::not_found("no such payment")),
         Err(e) => {
             tracing::error!(error = %e, "payment read failed");
-            Err(Problem::unavailable("storage is unavailable", 1))
+            Err(Problem::storage_unavailable())
         }
     }
 }
@@ -541,7 +538,7 @@ pub async fn list_payments(
         .store
         .payments(&merchant.id, limit, after)
         .await
-        .map_err(|_| Problem::unavailable("storage is unavailable", 1))?;
+        .map_err(|_| Problem::storage_unavailable())?;
     Ok(axum::Json(PaymentList {
         object: "list",
         data: page.payments.iter().map(PaymentView::new).collect(),
@@ -569,7 +566,7 @@ pub async fn list_events(
         .store
         .events(&p.id)
         .await
-        .map_err(|_| Problem::unavailable("storage is unavailable", 1))?;
+        .map_err(|_| Problem::storage_unavailable())?;
     Ok(axum::Json(EventList {
         object: "list",
         data: events.iter().map(EventView::new).collect(),
@@ -591,7 +588,7 @@ pub async fn balances(
         .store
         .balances(&account)
         .await
-        .map_err(|_| Problem::unavailable("storage is unavailable", 1))?;
+        .map_err(|_| Problem::storage_unavailable())?;
     let data = balances
         .into_iter()
         .filter(|b| b.account == account)

@@ -73,16 +73,27 @@ impl Problem {
         Problem::new(StatusCode::CONFLICT, kind, "Conflict", detail)
     }
 
-    pub fn unavailable(detail: impl Into<String>, retry_after_s: u32) -> Problem {
+    /// A 503 with `Retry-After`: nothing was done, and the same request may succeed later.
+    pub fn unavailable(
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+        retry_after_s: u32,
+    ) -> Problem {
         Problem {
             retry_after_s: Some(retry_after_s),
-            ..Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service_unavailable",
-                "Service unavailable",
-                detail,
-            )
+            ..Problem::new(StatusCode::SERVICE_UNAVAILABLE, kind, title, detail)
         }
+    }
+
+    /// The store could not be read or written.
+    pub fn storage_unavailable() -> Problem {
+        Problem::unavailable(
+            "storage_unavailable",
+            "Storage unavailable",
+            "storage is unavailable",
+            1,
+        )
     }
 }
 
@@ -129,10 +140,16 @@ impl From<CommandError> for Problem {
                 | Rejection::FeeInvalidForCapture { .. }
                 | Rejection::Ledger(_) => internal(detail),
             },
-            CommandError::Overloaded
-            | CommandError::NoPspAvailable
-            | CommandError::ShuttingDown => Problem::unavailable(detail, 1),
-            CommandError::Store(_) => Problem::unavailable("storage is unavailable", 1),
+            // Each 503 names its cause, so that a client, a dashboard or a load test can tell
+            // an engine at its limit from a PSP that cannot take payments.
+            CommandError::Overloaded => Problem::unavailable("overloaded", "Overloaded", detail, 1),
+            CommandError::NoPspAvailable => {
+                Problem::unavailable("no_psp_available", "No PSP available", detail, 1)
+            }
+            CommandError::ShuttingDown => {
+                Problem::unavailable("shutting_down", "Shutting down", detail, 1)
+            }
+            CommandError::Store(_) => Problem::storage_unavailable(),
             CommandError::StillProcessing => Problem::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "still_processing",

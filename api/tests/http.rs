@@ -500,6 +500,33 @@ async fn openapi_and_ops_endpoints_describe_and_measure_the_api() {
             "{path} missing from the OpenAPI document"
         );
     }
+    // Every operation names the answers any route may give, as problem+json.
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            operations += 1;
+            let mut expected = vec!["401", "429", "503"];
+            if method == "post" {
+                expected.extend(["413", "415"]);
+            }
+            for status in expected {
+                let answer = &operation["responses"][status];
+                assert!(
+                    answer["content"]["application/problem+json"]["schema"]["$ref"]
+                        .as_str()
+                        .is_some_and(|r| r.ends_with("/ProblemBody")),
+                    "{method} {path} does not document {status}: {answer}"
+                );
+            }
+        }
+    }
+    assert_eq!(operations, 8);
+    let create_503 = doc["paths"]["/v1/payments"]["post"]["responses"]["503"]["description"]
+        .as_str()
+        .unwrap();
+    for kind in ["at_capacity", "overloaded", "no_psp_available", "read_only"] {
+        assert!(create_503.contains(kind), "{create_503}");
+    }
     for schema in [
         "PaymentView",
         "RefundView",

@@ -594,3 +594,129 @@ async fn an_automatic_capture_the_psp_cannot_take_yet_is_finished_later() {
     );
     assert!(s.store.ledger_check().await.unwrap().balanced());
 }
+
+/// One PSP taking 400 ms per call, whose bulkhead holds `inflight_max` calls and none waiting,
+/// under an engine allowing `transactions_max` payments in progress.
+async fn one_slow_psp(inflight_max: usize, transactions_max: usize) -> common::Server {
+    let slow = Arc::new(SimPsp::new(SimConfig {
+        latency: Latency::Fixed(Duration::from_millis(400)),
+        ..SimConfig::new("slow")
+    }));
+    server_with(
+        vec![slow as Arc<dyn PspAdapter>],
+        |b| {
+            let slow = b.routes.iter_mut().find(|r| r.id == "slow").unwrap();
+            slow.inflight_max = Some(inflight_max);
+            slow.queue_max = Some(0);
+            b.config.transactions_max = transactions_max;
+            b.config.psp_call_timeout = Duration::from_secs(2);
+        },
+        ApiConfig::default(),
+    )
+    .await
+}
+
+/// Starts a payment and waits until its authorization holds a slot of the PSP's bulkhead.
+async fn occupy(s: &common::Server, key: &str, idem: &str) -> tokio::task::JoinHandle<Value> {
+    let (client, base, key, idem) = (
+        s.client.clone(),
+        s.base.clone(),
+        key.to_string(),
+        idem.to_string(),
+    );
+    let held = s.engine.psp_health()[0].inflight;
+    let running = tokio::spawn(async move {
+        let r = client
+            .post(format!("{base}/v1/payments"))
+            .bearer_auth(key)
+            .header("Idempotency-Key", idem)
+            .json(&payment("pm_sim_approve"))
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()
+    });
+    let started = Instant::now();
+    while s.engine.psp_health()[0].inflight == held {
+        assert!(started.elapsed() < Duration::from_secs(5), "never called");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    running
+}
+
+/// Sends a refused payment again, as its client would after `Retry-After`, until it is taken
+/// (the slot it waits for is freed just after the answer that frees it).
+async fn retry_until_created(s: &common::Server, key: &str, idem: &str) {
+    for _ in 0..50 {
+        let r = s
+            .post(key, "/v1/payments", idem, payment("pm_sim_approve"))
+            .await;
+        if r.status() == StatusCode::CREATED {
+            return;
+        }
+        problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{idem} was never taken");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_bulkhead_refuses_new_payments_as_no_psp_available_not_read_only() {
+    let s = one_slow_psp(2, 100).await;
+    let key = s.merchant("shop").await;
+    let first = occupy(&s, &key, "a").await;
+    let second = occupy(&s, &key, "b").await;
+
+    let refused = s
+        .post(&key, "/v1/payments", "c", payment("pm_sim_approve"))
+        .await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body = problem(refused, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(
+        body["type"], "urn:rialto:problem:no_psp_available",
+        "{body}"
+    );
+    // Load, not an outage: Rialto stays writable and ready while its only PSP is busy.
+    assert_eq!(s.engine.read_only_reason(), None);
+    let ready: Value = s
+        .client
+        .get(format!("{}/readyz", s.ops))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["read_only"], Value::Null);
+    assert_eq!(ready["checks"]["psps"][0]["can_take_payments"], false);
+
+    for p in [first, second] {
+        assert_eq!(p.await.unwrap()["status"], "captured");
+    }
+    // The refused key did nothing: the same request now goes through.
+    retry_until_created(&s, &key, "c").await;
+    let ledger = s.store.ledger_check().await.unwrap();
+    assert_eq!(ledger.payments, 3);
+    assert!(ledger.balanced());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_its_limit_of_payments_in_progress_the_engine_refuses_as_overloaded() {
+    let s = one_slow_psp(8, 1).await;
+    let key = s.merchant("shop").await;
+    let first = occupy(&s, &key, "a").await;
+
+    let refused = s
+        .post(&key, "/v1/payments", "b", payment("pm_sim_approve"))
+        .await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body = problem(refused, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["type"], "urn:rialto:problem:overloaded", "{body}");
+
+    assert_eq!(first.await.unwrap()["status"], "captured");
+    retry_until_created(&s, &key, "b").await;
+    let ledger = s.store.ledger_check().await.unwrap();
+    assert_eq!(ledger.payments, 2);
+    assert!(ledger.balanced());
+}

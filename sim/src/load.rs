@@ -86,6 +86,9 @@ pub struct Measurements {
     pub latency_all_us: Histogram<u64>,
     /// Final status of each payment (`http_<code>`, `transport_error` for failed requests).
     pub outcomes: BTreeMap<String, u64>,
+    /// Payment requests answered with an error, by the problem `type` the server named
+    /// (`overloaded`, `no_psp_available`, …), or `http_<code>` for an answer without one.
+    pub problems: BTreeMap<String, u64>,
     pub by_psp: BTreeMap<String, BTreeMap<String, u64>>,
     /// Payment creation latency by PSP, in microseconds.
     pub by_psp_latency_us: BTreeMap<String, Histogram<u64>>,
@@ -174,6 +177,7 @@ struct Inner {
     /// Payment creation latency by the PSP that took the payment, in microseconds.
     by_psp_latency: BTreeMap<String, Histogram<u64>>,
     failures: BTreeMap<String, u64>,
+    problems: BTreeMap<String, u64>,
 }
 
 /// Shared by every worker; one short lock per request.
@@ -277,6 +281,16 @@ impl Recorder {
         *inner.failures.entry(what).or_default() += 1;
     }
 
+    /// A payment refused with an error answer: counted by the problem it names.
+    fn problem(&self, code: u16, kind: &str) {
+        let name = match kind.strip_prefix(PROBLEM_PREFIX) {
+            Some(name) if !name.is_empty() => name.to_string(),
+            _ => format!("http_{code}"),
+        };
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        *inner.problems.entry(name).or_default() += 1;
+    }
+
     fn p99_ms(&self) -> f64 {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner
@@ -346,7 +360,22 @@ struct Answer {
     psp: String,
     status: String,
     amount: Option<i64>,
+    /// An error answer's problem type (`urn:rialto:problem:<name>`).
+    #[serde(skip)]
+    problem: String,
 }
+
+/// The field of an error answer (problem+json, whose `status` is a number) the load
+/// generator reads.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct ProblemAnswer {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// How every problem `type` Rialto answers begins.
+const PROBLEM_PREFIX: &str = "urn:rialto:problem:";
 
 struct Worker {
     client: Arc<Client>,
@@ -371,7 +400,15 @@ impl Worker {
             .send(Method::POST, path, &headers, body)
             .await
             .map_err(|_| "transport_error".to_string())?;
-        let answer = serde_json::from_slice::<Answer>(&reply.body).unwrap_or_default();
+        let answer = if reply.status.is_success() {
+            serde_json::from_slice::<Answer>(&reply.body).unwrap_or_default()
+        } else {
+            let problem = serde_json::from_slice::<ProblemAnswer>(&reply.body).unwrap_or_default();
+            Answer {
+                problem: problem.kind,
+                ..Answer::default()
+            }
+        };
         Ok((reply.status.as_u16(), answer))
     }
 
@@ -416,10 +453,11 @@ impl Worker {
         }
         let (status, payment) = match result {
             Ok((201, p)) => (201, p),
-            Ok((code, _)) => {
+            Ok((code, answer)) => {
                 self.recorder
                     .record(Kind::Payment, scheduled, scheduled.elapsed(), true);
                 self.recorder.failure(format!("http_{code}"));
+                self.recorder.problem(code, &answer.problem);
                 return;
             }
             Err(e) => {
@@ -758,6 +796,7 @@ fn finish(
         latency_us: inner.latency_us.take().unwrap_or_else(histogram),
         latency_all_us: inner.latency_all_us.take().unwrap_or_else(histogram),
         outcomes,
+        problems: std::mem::take(&mut inner.problems),
         by_psp,
         by_psp_latency_us: std::mem::take(&mut inner.by_psp_latency),
         series,
@@ -859,6 +898,27 @@ mod tests {
         assert_eq!(
             m.by_psp["psp_b"],
             counts(&[("capturing", 1), ("declined", 1)])
+        );
+    }
+
+    #[test]
+    fn refusals_are_counted_by_the_problem_they_name_or_by_status_without_one() {
+        let recorder = Recorder::new();
+        recorder.problem(503, "urn:rialto:problem:no_psp_available");
+        recorder.problem(503, "urn:rialto:problem:no_psp_available");
+        recorder.problem(503, "urn:rialto:problem:overloaded");
+        recorder.problem(502, "");
+        recorder.problem(500, "about:blank");
+        let m = finish(&recorder, Duration::from_secs(1), 0, None, false);
+        let names: Vec<(&str, u64)> = m.problems.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+        assert_eq!(
+            names,
+            [
+                ("http_500", 1),
+                ("http_502", 1),
+                ("no_psp_available", 2),
+                ("overloaded", 1)
+            ]
         );
     }
 

@@ -94,6 +94,7 @@ pub fn build(scenario: &Scenario, scale: f64, m: &Measurements, extras: &Extras)
         "latency_ms": percentiles(&m.latency_us),
         "latency_all_requests_ms": percentiles(&m.latency_all_us),
         "outcomes": m.outcomes,
+        "problems": m.problems,
         "psps": psps,
         "breaker_transitions": extras.breaker_transitions,
         "incidents": extras.incidents,
@@ -205,6 +206,9 @@ pub fn summary(r: &Value) -> String {
         );
     }
     let _ = writeln!(out, "outcomes         {}", r["outcomes"]);
+    if r["problems"].as_object().is_some_and(|p| !p.is_empty()) {
+        let _ = writeln!(out, "refused because  {}", r["problems"]);
+    }
     if let Some(psps) = r["psps"].as_object() {
         for (id, p) in psps {
             let _ = writeln!(
@@ -703,6 +707,7 @@ mod tests {
             latency_us: Histogram::new(2).unwrap(),
             latency_all_us: Histogram::new(2).unwrap(),
             outcomes: BTreeMap::new(),
+            problems: BTreeMap::new(),
             by_psp: BTreeMap::new(),
             by_psp_latency_us: BTreeMap::new(),
             // The third second holds only follow-ups made after the load ended.
