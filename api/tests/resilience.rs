@@ -147,15 +147,7 @@ async fn all_psps_down_means_read_only_until_they_return() {
         )
         .await;
     assert_eq!(got.status(), StatusCode::OK);
-    let ready: Value = s
-        .client
-        .get(format!("{}/readyz", s.ops))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = s.readyz().await;
     assert_eq!(ready["status"], "degraded");
     assert!(
         ready["checks"]["psps"]
@@ -678,15 +670,7 @@ async fn a_full_bulkhead_refuses_new_payments_as_no_psp_available_not_read_only(
     );
     // Load, not an outage: Rialto stays writable and ready while its only PSP is busy.
     assert_eq!(s.engine.read_only_reason(), None);
-    let ready: Value = s
-        .client
-        .get(format!("{}/readyz", s.ops))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = s.readyz().await;
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["read_only"], Value::Null);
     assert_eq!(ready["checks"]["psps"][0]["can_take_payments"], false);

@@ -76,6 +76,19 @@ pub async fn server_with(
 }
 
 impl Server {
+    /// The ops listener's `/readyz` document.
+    pub async fn readyz(&self) -> Value {
+        let url = format!("{}/readyz", self.ops);
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// The event types of a payment, oldest first.
     pub async fn event_types(&self, key: &str, id: &str) -> Vec<String> {
         let events: Value = self
